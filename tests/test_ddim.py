@@ -6,7 +6,7 @@ from diffusers import DDIMInverseScheduler, DDIMScheduler
 import smoothlib as sl
 from smoothlib.tiny import tiny_scheduler, tiny_unet
 
-from conftest import GaussianDenoiser
+from smoothlib.analytic import GaussianDenoiser
 
 TOL = 1e-5  # float32 UNet, same operations in a different order: relative to the largest value
 
@@ -88,7 +88,7 @@ def test_round_trip_with_exact_denoiser(spacing):
     """Invert then sample with the closed-form optimal denoiser of Gaussian data:
     the DDIM ODE discretisation error is small at 50 steps and shrinks with more steps."""
     sched = DDIMScheduler.from_config(tiny_scheduler().config, timestep_spacing=spacing)
-    model = GaussianDenoiser(sched.alphas_cumprod)
+    model = GaussianDenoiser(sched.alphas_cumprod, mu=0.3, s=0.5)
     x0 = (0.3 + 0.5 * torch.randn(4, 1, 8, 8)).double()
     cond = torch.zeros(1, 1, 1, dtype=torch.float64)
     errors = {}

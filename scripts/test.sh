@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up (scripts/setup.sh), then run the whole test suite, notebooks included, offline.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. .venv/bin/activate
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 SMOOTHLIB_SMOKE=1 MPLBACKEND=Agg
+python -m pytest tests --nbval-lax --nbval-current-env notebooks "$@"
