@@ -7,7 +7,10 @@
 from .ddim import ddim_invert, ddim_sample, ddim_schedule, ddim_step, model_output
 from .device import default_device, default_dtype, resolve
 from .interpolate import lerp, slerp
+from .lora import (SMOOTH_LORA_REPO, LoraLoadError, LoraReport, attach_lora, attention_projections, load_smooth_lora,
+                   lora_disabled, lora_parameters, save_smooth_lora, set_smooth_lora_strength)
 from .prediction import predict_x0, training_target, x0_and_eps
+from .worlds import HubAccessError, World, load_world
 
 __version__ = "0.1.0"
 
@@ -15,5 +18,8 @@ __all__ = [
     "ddim_invert", "ddim_sample", "ddim_schedule", "ddim_step", "model_output",
     "default_device", "default_dtype", "resolve",
     "lerp", "slerp",
+    "SMOOTH_LORA_REPO", "LoraLoadError", "LoraReport", "attach_lora", "attention_projections", "load_smooth_lora",
+    "lora_disabled", "lora_parameters", "save_smooth_lora", "set_smooth_lora_strength",
+    "HubAccessError", "World", "load_world",
     "predict_x0", "training_target", "x0_and_eps",
 ]
