@@ -4,17 +4,22 @@
     x0 = sl.ddim_sample(unet, scheduler, x_T, cond, uncond, guidance_scale=7.5)
     frames = sl.slerp(noise_a, noise_b, torch.linspace(0, 1, 11))
 """
+from .attention import check_double_backward, double_backward_attention
 from .ddim import ddim_invert, ddim_sample, ddim_schedule, ddim_step, model_output
 from .device import default_device, default_dtype, resolve
 from .interpolate import lerp, slerp
 from .lora import (SMOOTH_LORA_REPO, LoraLoadError, LoraReport, attach_lora, attention_projections, load_smooth_lora,
                    lora_disabled, lora_parameters, save_smooth_lora, set_smooth_lora_strength)
 from .prediction import predict_x0, training_target, x0_and_eps
+from .regularizer import StepVariationRegularizer, step_variation
+from .train_step import StepLosses, training_step
 from .worlds import HubAccessError, World, load_world
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "check_double_backward", "double_backward_attention",
+    "StepVariationRegularizer", "step_variation", "StepLosses", "training_step",
     "ddim_invert", "ddim_sample", "ddim_schedule", "ddim_step", "model_output",
     "default_device", "default_dtype", "resolve",
     "lerp", "slerp",
