@@ -1,0 +1,312 @@
+"""The Smooth LoRA trainer: one visible loop on accelerate, from a laptop CPU to many GPUs.
+
+    smoothlib-train --world sd15 --data my_images/ --output-dir runs/smooth     # one process
+    accelerate launch --num_processes 4 -m smoothlib.train --world sd15 ...    # four GPUs (DDP)
+
+or, from Python / a notebook, ``train(TrainConfig(...))``.
+
+Recipe of :func:`train`:
+1. accelerator (device, processes, mixed precision), seed;
+2. the world, frozen; a fresh LoRA on its UNet, trainable, in fp32;
+3. data, AdamW, learning-rate schedule, the regularizer (its running mean a is state);
+4. resume from a checkpoint: LoRA, optimizer, schedule, a, step, data position;
+5. per micro-batch: encode images and captions, :func:`~smoothlib.train_step.training_step`,
+   stop on a non-finite loss, backward;
+6. per optimizer step: average the LoRA gradients across processes, clip, step, log,
+   checkpoint, validation images;
+7. the final LoRA in diffusers' format (and the release's on request).
+
+The UNet is not wrapped in DistributedDataParallel: its gradients are LoRA-sized
+and are averaged by one all-reduce per optimizer step, which stays correct with
+the double backward, the sub-batch's second forward and gradient accumulation.
+All randomness of a micro-batch (t, eps, y, caption dropout) comes from a
+generator seeded by (seed, micro-batch, process), so a resumed run continues
+exactly as an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import flatten_optimizer, latest_checkpoint, load_checkpoint, save_checkpoint, unflatten_optimizer
+from .config import TrainConfig, add_arguments, from_args
+from .ddim import ddim_sample
+from .lora import attach_lora, save_smooth_lora
+from .regularizer import StepVariationRegularizer
+from .train_step import training_step
+from .viz import save_grid
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    lora_path: Path | None
+    global_step: int
+    history: list[dict] = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _dataset(cfg: TrainConfig, world):
+    if cfg.data is None:
+        raise ValueError("no training data: set data to an image folder with captions"
+                         + (' or "digits" for the toy world' if world.vae is None else ""))
+    if cfg.data == "digits":
+        from .toy import DigitCaptions
+        return DigitCaptions(split="train", caption_dropout=0.0, seed=cfg.seed)
+    from .data import CaptionedImageFolder
+    return CaptionedImageFolder(cfg.data, cfg.resolution, cfg.captions, seed=cfg.seed)
+
+
+def _collate(items):
+    return {"pixel_values": torch.stack([i["pixel_values"] for i in items]),
+            "caption": [i["caption"] for i in items]}
+
+
+def _micro_generator(cfg: TrainConfig, micro_step: int, process: int) -> torch.Generator:
+    return torch.Generator().manual_seed((cfg.seed * 1_000_003 + micro_step * 8_191 + process) % 2**63)
+
+
+def _to_world_images(pixels: torch.Tensor, world) -> torch.Tensor:
+    """Dataset pixels in [-1, 1] -> [0, 1] with the channel count the world expects."""
+    images = (pixels + 1) / 2
+    want = 3 if world.vae is not None else world.unet.config.in_channels
+    if images.shape[1] == 3 and want == 1:
+        images = images.mean(1, keepdim=True)
+    return images.clamp(0, 1)
+
+
+def _lora_named(unet) -> dict[str, torch.nn.Parameter]:
+    return {n: p for n, p in unet.named_parameters() if p.requires_grad}
+
+
+def _save(accelerator, cfg, unet, optimizer, lr_sched, regularizer, step, micro_step, history_len):
+    tensors = {f"lora.{n}": p for n, p in _lora_named(unet).items()}
+    opt_tensors, opt_rest = flatten_optimizer(optimizer)
+    tensors.update(opt_tensors)
+    a_all = accelerator.gather(regularizer.a.detach().reshape(1))  # one a per process
+    tensors.update({"regularizer.a_per_process": a_all, "regularizer.step": regularizer.step,
+                    "rng.torch": torch.get_rng_state()})
+    if accelerator.is_main_process:
+        meta = {"micro_step": micro_step, "num_processes": accelerator.num_processes,
+                "optimizer": opt_rest, "lr_scheduler": lr_sched.state_dict(), "history_len": history_len,
+                "config": dataclasses.asdict(cfg)}
+        path = save_checkpoint(cfg.output_dir, step, tensors, meta, keep=cfg.checkpoints_total_limit)
+        tqdm.write(f"checkpoint written: {path}")
+    accelerator.wait_for_everyone()
+
+
+def _resume(accelerator, cfg, unet, optimizer, lr_sched, regularizer) -> tuple[int, int]:
+    path = latest_checkpoint(cfg.output_dir) if cfg.resume == "latest" else Path(cfg.resume)
+    if path is None:
+        accelerator.print(f"resume='latest': no intact checkpoint in {cfg.output_dir}, starting from scratch")
+        return 0, 0
+    tensors, meta = load_checkpoint(path)
+    named = _lora_named(unet)
+    missing = [n for n in named if f"lora.{n}" not in tensors]
+    if missing:
+        raise ValueError(f"{path} does not match this LoRA ({len(missing)} tensors missing, e.g. {missing[0]}): "
+                         "resume with the rank and target modules the run started with")
+    with torch.no_grad():
+        for n, p in named.items():
+            p.copy_(tensors[f"lora.{n}"])
+    unflatten_optimizer(optimizer, tensors, meta["optimizer"])
+    lr_sched.load_state_dict(meta["lr_scheduler"])
+    a_all = tensors["regularizer.a_per_process"]
+    if meta["num_processes"] != accelerator.num_processes:
+        accelerator.print(f"resuming {meta['num_processes']} processes' state on {accelerator.num_processes}: "
+                          "the running mean a is averaged and the data order changes")
+        regularizer.a.copy_(a_all.mean())
+    else:
+        regularizer.a.copy_(a_all[accelerator.process_index])
+    regularizer.step.copy_(tensors["regularizer.step"])
+    accelerator.print(f"resumed from {path} at step {meta['step']} (a = {float(regularizer.a):.4g})")
+    return meta["step"], meta["micro_step"]
+
+
+@torch.no_grad()
+def _validate(accelerator, cfg, world, step):
+    if not (cfg.validation_prompts and accelerator.is_main_process):
+        return
+    g = torch.Generator().manual_seed(cfg.seed)
+    x_T = torch.randn(len(cfg.validation_prompts), *world.latent_shape, generator=g)
+    cond = world.encode_prompt(cfg.validation_prompts)
+    uncond = world.uncond_embedding(len(cfg.validation_prompts))
+    with accelerator.autocast():
+        x_0 = ddim_sample(world.unet, world.scheduler, x_T, cond, uncond, cfg.validation_guidance,
+                          cfg.validation_num_steps, progress=False)
+    images = world.decode(x_0)
+    path = save_grid(images, Path(cfg.output_dir) / "validation" / f"step-{step:08d}.png",
+                     nrow=len(cfg.validation_prompts), scale=max(1, 128 // images.shape[-1]))
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_images("validation", images, step)
+
+
+def train(cfg: TrainConfig, world=None, dataset=None) -> TrainResult:
+    """Train a Smooth LoRA as configured; see the module docstring for the recipe."""
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, set_seed
+    from diffusers.optimization import get_scheduler
+
+    start = time.perf_counter()
+    # 1. accelerator and seed
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=cfg.report_to,
+                              project_dir=str(Path(cfg.output_dir) / "logs"),
+                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    set_seed(cfg.seed)
+
+    # 2. frozen world, trainable fp32 LoRA
+    if world is None:
+        from .worlds import load_world
+        weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.mixed_precision]
+        world = load_world(cfg.world, device=accelerator.device, dtype=weight_dtype)
+    for module in (world.unet, world.text_encoder, world.vae):
+        if module is not None:
+            module.requires_grad_(False)
+    unet = world.unet
+    params = attach_lora(unet, rank=cfg.rank, alpha=cfg.lora_alpha)
+    for p in params:
+        p.data = p.data.float()
+    if cfg.gradient_checkpointing:
+        if cfg.lambda_reg > 0:
+            raise ValueError("gradient checkpointing cannot be used with the exact regularizer: its recomputation "
+                             "does not reproduce the double backward's graph (torch.utils.checkpoint raises "
+                             "CheckpointError). Save memory with --reg-sub-batch or --reg-every instead, or set "
+                             "--no-gradient-checkpointing.")
+        unet.enable_gradient_checkpointing()
+    unet.train()
+
+    # 3. data, optimizer, schedule, regularizer
+    dataset = dataset if dataset is not None else _dataset(cfg, world)
+    if len(dataset) < cfg.train_batch_size * accelerator.num_processes:
+        raise ValueError(f"{len(dataset)} images cannot fill one batch of {cfg.train_batch_size} "
+                         f"on {accelerator.num_processes} process(es)")
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.train_batch_size, shuffle=True, drop_last=True,
+                                         num_workers=cfg.dataloader_num_workers, collate_fn=_collate,
+                                         generator=torch.Generator().manual_seed(cfg.seed))
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                  eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay)
+    lr_sched = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
+                             num_training_steps=cfg.max_train_steps)
+    optimizer, loader = accelerator.prepare(optimizer, loader)
+    regularizer = StepVariationRegularizer(every=cfg.reg_every, sub_batch=cfg.reg_sub_batch,
+                                           sync=cfg.sync_running_mean).to(accelerator.device)
+    if cfg.report_to:
+        accelerator.init_trackers("smooth-lora", config={k: str(v) for k, v in dataclasses.asdict(cfg).items()})
+
+    # 4. resume
+    step, micro_step = (0, 0)
+    if cfg.resume:
+        step, micro_step = _resume(accelerator, cfg, unet, optimizer, lr_sched, regularizer)
+
+    history: list[dict] = []
+    history_file = Path(cfg.output_dir) / "history.jsonl"
+    if accelerator.is_main_process:
+        history_file.parent.mkdir(parents=True, exist_ok=True)
+        if step == 0:
+            history_file.write_text("")
+    bar = tqdm(total=cfg.max_train_steps, initial=step, desc="Smooth LoRA", disable=not (cfg.progress and accelerator.is_local_main_process))
+    accum = cfg.gradient_accumulation_steps
+    logs = {"mse": 0.0, "reg": 0.0, "r": [], }
+    while step < cfg.max_train_steps:
+        epoch, skip = divmod(micro_step, len(loader))
+        loader.set_epoch(epoch)
+        batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+        for batch in batches:
+            # 5. one micro-batch
+            g = _micro_generator(cfg, micro_step, accelerator.process_index)
+            captions = list(batch["caption"])
+            if cfg.caption_dropout:
+                drop = torch.rand(len(captions), generator=g) < cfg.caption_dropout
+                captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+            with torch.no_grad():
+                x_0 = world.encode(_to_world_images(batch["pixel_values"], world)).float()
+                emb = world.encode_prompt(captions).float()
+            with accelerator.autocast():
+                out = training_step(unet, x_0, emb, world.scheduler, regularizer if cfg.lambda_reg > 0 else None,
+                                    cfg.lambda_reg, generator=g, noise_offset=cfg.noise_offset)
+            finite = torch.isfinite(out.loss.detach()).float().reshape(1)
+            if accelerator.num_processes > 1:
+                finite = accelerator.reduce(finite, "min")
+            if finite.item() < 1:
+                raise FloatingPointError(
+                    f"the loss is not finite at step {step + 1} (micro-batch {micro_step}): L_mse = {out.mse.item():.4g}, "
+                    f"L_reg = {out.reg.item():.4g} on process {accelerator.process_index}. Training stopped before "
+                    f"any weight was updated with it; the newest checkpoint is {latest_checkpoint(cfg.output_dir)}. "
+                    "Try a lower learning_rate or lambda_reg, or mixed_precision='no'.")
+            accelerator.backward(out.loss / accum)
+            micro_step += 1
+            logs["mse"] += out.mse.item() / accum
+            logs["reg"] += out.reg.item() / accum
+            if out.r is not None:
+                logs["r"].append(out.r.float().mean().item())
+            if micro_step % accum:
+                continue
+
+            # 6. one optimizer step
+            if accelerator.num_processes > 1:
+                for p in params:
+                    p.grad = accelerator.reduce(p.grad, "mean")
+            accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            lr_sched.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            record = {"step": step, "mse": logs["mse"], "reg": logs["reg"],
+                      "r": sum(logs["r"]) / len(logs["r"]) if logs["r"] else None,
+                      "a": float(regularizer.a), "lr": lr_sched.get_last_lr()[0]}
+            logs = {"mse": 0.0, "reg": 0.0, "r": []}
+            history.append(record)
+            if accelerator.is_main_process:
+                with open(history_file, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            accelerator.log({k: v for k, v in record.items() if v is not None and k != "step"}, step=step)
+            bar.update(1)
+            bar.set_postfix(mse=f"{record['mse']:.4f}", reg=f"{record['reg']:.3g}",
+                            r=f"{record['r']:.3g}" if record["r"] is not None else "-", a=f"{record['a']:.3g}")
+            if step % cfg.checkpointing_steps == 0 or step == cfg.max_train_steps:
+                _save(accelerator, cfg, unet, optimizer, lr_sched, regularizer, step, micro_step, len(history))
+            if step % cfg.validation_steps == 0 or step == cfg.max_train_steps:
+                _validate(accelerator, cfg, world, step)
+            if step >= cfg.max_train_steps:
+                break
+    bar.close()
+
+    # 7. the final LoRA
+    accelerator.wait_for_everyone()
+    lora_path = None
+    if accelerator.is_main_process:
+        lora_path = save_smooth_lora(unet, Path(cfg.output_dir) / "final")
+        if cfg.save_release_format:
+            save_smooth_lora(unet, Path(cfg.output_dir) / "final", format="release")
+    skipped = list(getattr(dataset, "skipped", []))
+    if skipped:
+        accelerator.print(f"{len(skipped)} file(s) skipped as unreadable: " + ", ".join(p for p, _ in skipped[:5])
+                          + (" ..." if len(skipped) > 5 else ""))
+    accelerator.end_training()
+    return TrainResult(Path(cfg.output_dir), lora_path, step, history, skipped, time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="smoothlib-train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    cfg = from_args(parser.parse_args(argv))
+    result = train(cfg)
+    if result.lora_path is not None:
+        print(f"trained {result.global_step} steps in {result.seconds:.0f} s; LoRA: {result.lora_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
