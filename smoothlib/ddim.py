@@ -137,8 +137,8 @@ def ddim_invert(unet, scheduler, x_0: Tensor, cond: Tensor, uncond: Tensor | Non
 
     The same steps as :func:`ddim_sample`, taken in reverse: from level
     ``alpha_bar_prev`` up to ``alpha_bar_t``, with the network evaluated at
-    ``t`` on the current (less noisy) sample. Stable Diffusion practice (SPEC
-    section 6) inverts with the conditional prompt and guidance 1. Returns x_T
+    ``t`` on the current (less noisy) sample. Stable Diffusion practice (Mokady et al. 2023)
+    inverts with the conditional prompt and guidance 1. Returns x_T
     (and, if asked, the trajectory [x_0, ..., x_T] that null-text inversion follows).
     """
     prediction_type = prediction_type_of(scheduler)

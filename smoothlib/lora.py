@@ -4,7 +4,7 @@ A LoRA (Hu et al. 2022) adds a low-rank update to a frozen linear layer W [out, 
 
     W' = W + (alpha / r) * B @ A,    A = "down" [r, in],  B = "up" [out, r].
 
-The released Smooth LoRA (SPEC section 4): r = 8 on ``to_q, to_k, to_v, to_out.0``
+The released Smooth LoRA (shi-labs/smooth-diffusion-lora): r = 8 on ``to_q, to_k, to_v, to_out.0``
 of all 32 attention layers of Stable Diffusion 1.5, alpha = r (scale 1), 256
 tensors. It is stored in diffusers 0.20's attention-processor format
 (``...attn1.processor.to_q_lora.down.weight``, no ``unet.`` prefix), which today's

@@ -1,6 +1,6 @@
 """From a UNet's output to the one-step predictions x0_hat and eps_hat.
 
-Forward process (Ho et al. 2020; SPEC section 2):
+Forward process (Ho et al. 2020):
 
     x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps,   eps ~ N(0, I),
 
@@ -12,7 +12,7 @@ with alpha_bar_t = ``scheduler.alphas_cumprod[t]``. A network trained with
   eps_hat = sqrt(1 - alpha_bar_t) x_t + sqrt(alpha_bar_t) v;
 * ``"sample"`` predicts x_0 itself:  eps_hat = (x_t - sqrt(alpha_bar_t) x0_hat) / sqrt(1 - alpha_bar_t).
 
-``x0_hat`` is the quantity Smooth Diffusion regularizes (SPEC section 3).
+``x0_hat`` is the quantity Smooth Diffusion regularizes (Guo et al. 2024, section 3.2).
 """
 from __future__ import annotations
 

@@ -109,7 +109,7 @@ def test_release_format_equals_hand_merged_weights(unet, release_file):
 
 
 def test_diffusers_load_lora_weights_silently_ignores_release_format(release_file):
-    """The trap of SPEC section 4: the file loads as nothing; only a log line says so."""
+    """The trap of the released file under diffusers 0.42: it loads as nothing; only a log line says so."""
     records = []
     handler = logging.Handler()
     handler.emit = records.append
