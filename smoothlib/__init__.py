@@ -7,12 +7,19 @@
 from .attention import check_double_backward, double_backward_attention
 from .ddim import ddim_invert, ddim_sample, ddim_schedule, ddim_step, model_output
 from .device import default_device, default_dtype, resolve
+from .editing import edit, prompt_switch_sample, switch_schedule
+from .images import PreparedImage, load_images, prepare_image
 from .interpolate import lerp, slerp
+from .inversion import (Inversion, ReconstructionReport, invert, null_text_inversion, reconstruct,
+                        reconstruction_protocol, sample_with_null_text)
+from .metrics import (adjacent_distances, istd, istd_per_walk, lpips_distance, mse, pdv, ppl, psnr,
+                      reconstruction_metrics, ssim)
 from .lora import (SMOOTH_LORA_REPO, LoraLoadError, LoraReport, attach_lora, attention_projections, load_smooth_lora,
                    lora_disabled, lora_parameters, save_smooth_lora, set_smooth_lora_strength)
 from .prediction import predict_x0, training_target, x0_and_eps
 from .regularizer import StepVariationRegularizer, step_variation
 from .train_step import StepLosses, training_step
+from .walks import ISTDResult, etas, image_walk, istd_protocol, noise_walk, prompt_walk, sample_frames, seeded_noise
 from .worlds import HubAccessError, World, load_world
 
 __version__ = "0.1.0"
@@ -23,6 +30,13 @@ __all__ = [
     "ddim_invert", "ddim_sample", "ddim_schedule", "ddim_step", "model_output",
     "default_device", "default_dtype", "resolve",
     "lerp", "slerp",
+    "edit", "prompt_switch_sample", "switch_schedule",
+    "PreparedImage", "load_images", "prepare_image",
+    "Inversion", "ReconstructionReport", "invert", "null_text_inversion", "reconstruct",
+    "reconstruction_protocol", "sample_with_null_text",
+    "adjacent_distances", "istd", "istd_per_walk", "lpips_distance", "mse", "pdv", "ppl", "psnr",
+    "reconstruction_metrics", "ssim",
+    "ISTDResult", "etas", "image_walk", "istd_protocol", "noise_walk", "prompt_walk", "sample_frames", "seeded_noise",
     "SMOOTH_LORA_REPO", "LoraLoadError", "LoraReport", "attach_lora", "attention_projections", "load_smooth_lora",
     "lora_disabled", "lora_parameters", "save_smooth_lora", "set_smooth_lora_strength",
     "HubAccessError", "World", "load_world",
