@@ -2,19 +2,24 @@
 
     python benchmarks/regularizer_cost.py            # cost table, then r over t
     python benchmarks/regularizer_cost.py --quick    # fewer repeats
+    OMP_NUM_THREADS=1 python benchmarks/regularizer_cost.py --repeats 5 --no-r   # the docs' table
 
 Cost: one training step (``smoothlib.training_step`` + ``loss.backward()`` +
-AdamW step on rank-8 LoRA weights) for four settings, each as a ratio to the
-plain LoRA step measured in the same run, configurations interleaved so that
-machine load hits them alike:
+AdamW step on rank-8 LoRA weights) for each setting, as a ratio to the plain
+LoRA step measured in the same run, configurations interleaved so that machine
+load hits them alike:
 
 * plain: lambda = 0 (no double backward), PyTorch's default attention kernel;
 * plain, math attention: the same under the math SDPA kernel that the
   regularizer needs, to separate the kernel's cost from the double backward's;
-* every step: lambda = 1, the release's setting;
-* lazy k = 4: the regularizer on one step in four with weight 4; time is the
-  mean over a window of four steps;
-* half batch: the regularizer on the first half of each batch.
+* plain, checkpointing: lambda = 0 with the UNet's gradient checkpointing;
+* exact, every step: lambda = 1, the release's setting (exact estimator);
+* exact, lazy k = 4: the regularizer on one step in four with weight 4; time
+  is the mean over a window of four steps (peak memory: the window's peak);
+* exact, sub-batch half: the regularizer on the first half of each batch;
+* first order: ``estimator="finite_difference"`` (a second forward, ordinary
+  backward, default attention kernel) every step, lazy k = 4, with
+  gradient checkpointing, and both.
 
 Time is the median over repeats after one warm-up. Memory is the peak of tensor
 storage allocated during one step (one window of four for lazy) and alive at
@@ -75,17 +80,25 @@ MODELS = {
     "toy UNet, 1x16x16 pixels, batch 16": (toy_unet, (1, 16, 16), 16),
 }
 
+FD = "finite_difference"
 SETTINGS = {
-    # name: (lambda, regularizer factory, steps per measurement, math attention for the whole step)
-    "plain LoRA step": (0.0, lambda B: None, 1, False),
-    "plain, math attention": (0.0, lambda B: None, 1, True),
-    "regularized, every step": (1.0, lambda B: StepVariationRegularizer(), 1, False),
-    "lazy, k = 4": (1.0, lambda B: StepVariationRegularizer(every=4), 4, False),
-    "sub-batch, half": (1.0, lambda B: StepVariationRegularizer(sub_batch=B // 2), 1, False),
+    # name: (lambda, regularizer factory, steps per measurement, math attention for the whole step,
+    #        gradient checkpointing)
+    "plain LoRA step": (0.0, lambda B: None, 1, False, False),
+    "plain, math attention": (0.0, lambda B: None, 1, True, False),
+    "plain, checkpointing": (0.0, lambda B: None, 1, False, True),
+    "exact, every step": (1.0, lambda B: StepVariationRegularizer(), 1, False, False),
+    "exact, lazy k = 4": (1.0, lambda B: StepVariationRegularizer(every=4), 4, False, False),
+    "exact, sub-batch half": (1.0, lambda B: StepVariationRegularizer(sub_batch=B // 2), 1, False, False),
+    "first order, every step": (1.0, lambda B: StepVariationRegularizer(estimator=FD), 1, False, False),
+    "first order, lazy k = 4": (1.0, lambda B: StepVariationRegularizer(estimator=FD, every=4), 4, False, False),
+    "first order, checkpointing": (1.0, lambda B: StepVariationRegularizer(estimator=FD), 1, False, True),
+    "first order, lazy k = 4, checkpointing": (1.0, lambda B: StepVariationRegularizer(estimator=FD, every=4), 4,
+                                               False, True),
 }
 
 
-def make_step(unet, shape, B, lam, reg, math_attention=False, seed=0):
+def make_step(unet, shape, B, lam, reg, math_attention=False, checkpointing=False, seed=0):
     device = next(unet.parameters()).device
     params = [p for p in unet.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
@@ -95,6 +108,10 @@ def make_step(unet, shape, B, lam, reg, math_attention=False, seed=0):
     sch = tiny_scheduler()
 
     def step():
+        if checkpointing:  # settings share one UNet: switch per step
+            unet.enable_gradient_checkpointing()
+        else:
+            unet.disable_gradient_checkpointing()
         if math_attention:  # what the kernel switch alone costs, without the double backward
             with double_backward_attention(unet):
                 out = training_step(unet, x0, cond, sch, reg, lam, generator=g)
@@ -169,8 +186,8 @@ def cost_table(repeats: int, device: torch.device):
     for model_name, (factory, shape, B) in MODELS.items():
         unet = with_lora(factory()).to(device)
         n_params = sum(p.numel() for p in unet.parameters())
-        steps = {name: (make_step(unet, shape, B, lam, make_reg(B), math), k)
-                 for name, (lam, make_reg, k, math) in SETTINGS.items()}
+        steps = {name: (make_step(unet, shape, B, lam, make_reg(B), math, ckpt), k)
+                 for name, (lam, make_reg, k, math, ckpt) in SETTINGS.items()}
         times = {name: [] for name in steps}
         for name, (fn, k) in steps.items():  # warm-up
             timed(fn, k, device)
@@ -231,13 +248,15 @@ def main():
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="3 repeats, fewer r samples")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-r", action="store_true", help="skip the r-over-t table")
     args = parser.parse_args()
     device = torch.device(args.device)
     repeats = 3 if args.quick else args.repeats
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print(f"torch {torch.__version__}, device {device} ({name}), {torch.get_num_threads()} threads")
     cost_table(repeats, device)
-    r_over_t(device, per_bucket=16 if args.quick else 48)
+    if not args.no_r:
+        r_over_t(device, per_bucket=16 if args.quick else 48)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,10 @@ from .metrics import (adjacent_distances, istd, istd_per_walk, lpips_distance, m
 from .lora import (SMOOTH_LORA_REPO, LoraLoadError, LoraReport, attach_lora, attention_projections, load_smooth_lora,
                    lora_disabled, lora_parameters, save_smooth_lora, set_smooth_lora_strength)
 from .prediction import predict_x0, training_target, x0_and_eps
-from .regularizer import StepVariationRegularizer, step_variation
+from .regularizer import ESTIMATORS, StepVariationRegularizer, default_step, finite_difference_variation, step_variation
 from .train_step import StepLosses, training_step
+from .classifier import frechet_distance, prompt_adherence
+from .toy import TOY_GUIDANCE, digit_prompt, load_toy_components
 from .walks import ISTDResult, etas, image_walk, istd_protocol, noise_walk, prompt_walk, sample_frames, seeded_noise
 from .worlds import HubAccessError, World, load_world
 
@@ -26,7 +28,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "check_double_backward", "double_backward_attention",
-    "StepVariationRegularizer", "step_variation", "StepLosses", "training_step",
+    "ESTIMATORS", "StepVariationRegularizer", "default_step", "finite_difference_variation", "step_variation", "StepLosses", "training_step",
     "ddim_invert", "ddim_sample", "ddim_schedule", "ddim_step", "model_output",
     "default_device", "default_dtype", "resolve",
     "lerp", "slerp",
@@ -36,6 +38,7 @@ __all__ = [
     "reconstruction_protocol", "sample_with_null_text",
     "adjacent_distances", "istd", "istd_per_walk", "lpips_distance", "mse", "pdv", "ppl", "psnr",
     "reconstruction_metrics", "ssim",
+    "frechet_distance", "prompt_adherence", "TOY_GUIDANCE", "digit_prompt", "load_toy_components",
     "ISTDResult", "etas", "image_walk", "istd_protocol", "noise_walk", "prompt_walk", "sample_frames", "seeded_noise",
     "SMOOTH_LORA_REPO", "LoraLoadError", "LoraReport", "attach_lora", "attention_projections", "load_smooth_lora",
     "lora_disabled", "lora_parameters", "save_smooth_lora", "set_smooth_lora_strength",

@@ -26,6 +26,19 @@ backward through the UNet (see :mod:`smoothlib.attention`).
 Scale fact: r = (1 - alpha_bar_t) ||J_{x_t}^T y|| and J_{x_t} carries a factor
 1/sqrt(alpha_bar_t), so r at high t is orders of magnitude larger than at low t
 (SPEC section 3); one running mean over all t is dominated by the noisy end.
+
+A first-order estimator (``estimator="finite_difference"``) measures the
+forward variation that the paper's goal is about, ||delta x0_hat|| for a small
+delta eps, with the same scaled direction u = sqrt(1 - alpha_bar_t) y:
+
+    r_fd = || x0_hat(eps + s u) - x0_hat(eps) || / s  ~  || J_eps u ||,
+
+two UNet evaluations and an ordinary backward (no ``create_graph``), so flash
+attention, half precision and gradient checkpointing all work. It is not the
+same number per sample: r = ||J^T u|| and r_fd = ||J u||. For Gaussian u they
+agree in mean square, E||J^T u||^2 = E||J u||^2 = (1 - alpha_bar_t) tr(J J^T) / D,
+and exactly when J is symmetric (the exact denoiser's is: by Tweedie,
+d x0_hat / d x_t = (I + (1 - alpha_bar) Hess log p_t) / sqrt(alpha_bar)).
 """
 from __future__ import annotations
 
@@ -37,6 +50,8 @@ import torch.distributed as dist
 from .attention import check_double_backward
 
 Tensor = torch.Tensor
+
+ESTIMATORS = ("exact", "finite_difference")
 
 
 def step_variation(x0_hat: Tensor, eps: Tensor, y: Tensor) -> Tensor:
@@ -67,6 +82,44 @@ def step_variation(x0_hat: Tensor, eps: Tensor, y: Tensor) -> Tensor:
     return torch.linalg.vector_norm(grad.flatten(1), dim=1)
 
 
+def finite_difference_variation(x0_hat: Tensor, x0_hat_shifted: Tensor, step: Tensor) -> Tensor:
+    """r = || x0_hat_shifted - x0_hat || / step per sample, shape [B]: a forward difference.
+
+    ``x0_hat_shifted`` is the prediction at eps + step * u, ``x0_hat`` at eps,
+    ``step`` the scalar s per sample ([B]); the result estimates ||J_eps u||
+    (:meth:`StepVariationRegularizer.shift` picks s and builds the shifted
+    input). Error: truncation O(s ||u||^2 ||second derivative||) plus rounding
+    O(machine_eps ||x0_hat|| / s); computed in float32 or wider so that the
+    difference of two half-precision predictions is not rounded again.
+    Both predictions keep their graphs: an ordinary backward of a loss on r
+    reaches the network through both forwards.
+    """
+    if x0_hat_shifted.shape != x0_hat.shape:
+        raise ValueError(f"x0_hat_shifted has shape {tuple(x0_hat_shifted.shape)} but x0_hat has "
+                         f"{tuple(x0_hat.shape)}: predict both from the same samples")
+    if step.shape != (x0_hat.shape[0],):
+        raise ValueError(f"step must hold one value per sample, shape ({x0_hat.shape[0]},), "
+                         f"got {tuple(step.shape)}")
+    if not (step > 0).all():
+        raise ValueError("step must be > 0 for every sample")
+    wide = torch.promote_types(x0_hat.dtype, torch.float32)
+    diff = (x0_hat_shifted.to(wide) - x0_hat.to(wide)).flatten(1)
+    return torch.linalg.vector_norm(diff, dim=1) / step.to(wide)
+
+
+def default_step(dtype: torch.dtype) -> float:
+    """h = sqrt(machine epsilon of ``dtype``): 3.5e-4 (float32), 0.031 (float16), 0.088 (bfloat16).
+
+    A forward difference with relative step h has truncation error O(h) and
+    rounding error O(machine_eps / h) (both relative); their sum is smallest at
+    h ~ sqrt(machine_eps). ``dtype`` is the precision the network computes in
+    (the autocast dtype under mixed precision).
+    """
+    if not dtype.is_floating_point:
+        raise ValueError(f"{dtype} is not a floating-point dtype")
+    return math.sqrt(torch.finfo(dtype).eps)
+
+
 class StepVariationRegularizer(torch.nn.Module):
     """The regularizer with its state: L_reg = mean((r - a)^2) and the running mean a.
 
@@ -92,11 +145,28 @@ class StepVariationRegularizer(torch.nn.Module):
     * ``sub_batch`` (None = all): regularize only the first n samples of a
       batch (StyleGAN2's path-length batch shrink): the double backward costs
       roughly in proportion to n, and a is estimated from fewer samples.
+    * ``estimator`` ("exact"): how r is measured. "exact" is the release's
+      ||J^T u|| by a vector-Jacobian product and a double backward
+      (:meth:`forward`). "finite_difference" is the first-order ||J u|| from a
+      second forward at a shifted input (:meth:`shift`,
+      :func:`finite_difference_variation`, :meth:`penalty`; the training step
+      wires them): no double backward, so any attention kernel, half precision
+      and gradient checkpointing work, at about one extra forward and backward.
+    * ``h`` (None = :func:`default_step` of the compute dtype): the
+      finite-difference step, relative: the shift of x_t has norm h ||x_t||.
     """
 
     def __init__(self, decay: float = 0.01, every: int = 1, sub_batch: int | None = None,
-                 sync: bool = True):
+                 sync: bool = True, estimator: str = "exact", h: float | None = None):
         super().__init__()
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {estimator!r}; use one of {ESTIMATORS}")
+        if h is not None and not (h > 0 and math.isfinite(h)):
+            raise ValueError(f"h (the finite-difference step) must be None or a number > 0, got {h}")
+        if h is not None and estimator == "exact":
+            raise ValueError("h is the finite-difference step; the exact estimator has none "
+                             "(set estimator='finite_difference' or leave h=None)")
+        self.estimator, self.h = estimator, h
         if not 0 < decay <= 1:
             raise ValueError(f"decay must be in (0, 1], got {decay}")
         if int(every) != every or every < 1:
@@ -135,6 +205,51 @@ class StepVariationRegularizer(torch.nn.Module):
         s = (1 - alpha_bar_t.to(x0_hat.device, x0_hat.dtype)).sqrt()
         return y * s.reshape(-1, *([1] * (x0_hat.ndim - 1)))
 
+    def shift(self, x_t: Tensor, u: Tensor, alpha_bar_t: Tensor,
+              compute_dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
+        """The finite difference's second input: (x_t + sqrt(1 - alpha_bar_t) s u, s), s per sample.
+
+        ``u`` is the direction in eps (:meth:`draw_y`: N(0, I) / sqrt(C H W)
+        scaled by sqrt(1 - alpha_bar_t)); shifting eps by s u shifts x_t by
+        sqrt(1 - alpha_bar_t) s u through the forward process. s is chosen so
+        that this shift has norm h ||x_t||: rounding in the network is relative
+        to the size of its input, so h is relative too (||x_t|| floored at
+        1e-3 sqrt(C H W), so that a zero input still moves). ``compute_dtype``
+        (default: ``x_t``'s) sets the default h, sqrt(machine epsilon), and
+        refuses an h below machine epsilon, where the shift would round away.
+        Returns s detached, shape [B], in float32 or wider.
+        """
+        if u.shape != x_t.shape:
+            raise ValueError(f"u has shape {tuple(u.shape)} but x_t has {tuple(x_t.shape)}")
+        if alpha_bar_t.shape != (x_t.shape[0],):
+            raise ValueError(f"alpha_bar_t must hold one value per sample, shape ({x_t.shape[0]},), "
+                             f"got {tuple(alpha_bar_t.shape)}")
+        dtype = compute_dtype or x_t.dtype
+        h = default_step(dtype) if self.h is None else self.h
+        if h < torch.finfo(dtype).eps:
+            raise ValueError(f"h = {h:g} is below the machine epsilon of {dtype} "
+                             f"({torch.finfo(dtype).eps:g}): the shift would be lost to rounding; "
+                             f"use h around {default_step(dtype):.2g}")
+        wide = torch.promote_types(x_t.dtype, torch.float32)
+        x_t, u = x_t.detach().to(wide), u.detach().to(wide)
+        root = (1 - alpha_bar_t.detach().to(x_t.device, wide)).sqrt()
+        size = torch.linalg.vector_norm(x_t.flatten(1), dim=1).clamp_min(1e-3 * math.sqrt(x_t[0].numel()))
+        s = h * size / (root * torch.linalg.vector_norm(u.flatten(1), dim=1))
+        shape = (-1, *([1] * (x_t.ndim - 1)))
+        return x_t + (root * s).reshape(shape) * u, s
+
+    def penalty(self, r: Tensor) -> Tensor:
+        """L_reg = mean((r - a_new)^2) with a_new = a + decay (mean(r) - a); stores a_new detached.
+
+        mean(r) is over all processes when ``sync`` is on; a_new keeps its
+        gradient through decay * mean(r) inside the penalty.
+        """
+        a = self.a.to(r.dtype)
+        a_new = a + self.decay * (self._batch_mean(r) - a)
+        penalty = (r - a_new).pow(2).mean()
+        self.a.copy_(a_new.detach())
+        return penalty
+
     def _batch_mean(self, r: Tensor) -> Tensor:
         """mean(r), averaged over all processes when ``sync`` is on and distributed is running."""
         m = r.mean()
@@ -146,24 +261,25 @@ class StepVariationRegularizer(torch.nn.Module):
 
     def forward(self, x0_hat: Tensor, eps: Tensor, alpha_bar_t: Tensor,
                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """Return (L_reg, r) and update a.
+        """Return (L_reg, r) and update a, with the exact estimator.
 
         1. y = N(0, I) / sqrt(C H W) * sqrt(1 - alpha_bar_t);
         2. r = || d <x0_hat, y> / d eps ||  (:func:`step_variation`);
         3. a_new = a + decay (mean(r) - a), with mean(r) over all processes if ``sync``;
-        4. L_reg = mean((r - a_new)^2); store a_new detached.
+        4. L_reg = mean((r - a_new)^2); store a_new detached  (:meth:`penalty`).
         """
+        if self.estimator != "exact":
+            raise ValueError(f"estimator={self.estimator!r} needs a second forward at a shifted input, "
+                             "which this call cannot make: use smoothlib.training_step, or shift(), "
+                             "finite_difference_variation() and penalty() yourself")
         y = self.draw_y(x0_hat, alpha_bar_t, generator)
         r = step_variation(x0_hat, eps, y)
         if not self._graph_checked:
             check_double_backward(r)
             self._graph_checked = True
-        a = self.a.to(r.dtype)
-        a_new = a + self.decay * (self._batch_mean(r) - a)
-        penalty = (r - a_new).pow(2).mean()
-        self.a.copy_(a_new.detach())
-        return penalty, r
+        return self.penalty(r), r
 
     def extra_repr(self) -> str:
         return (f"decay={self.decay}, every={self.every}, sub_batch={self.sub_batch}, "
-                f"sync={self.sync}, a={float(self.a):.4g}, step={int(self.step)}")
+                f"sync={self.sync}, estimator={self.estimator!r}, h={self.h}, "
+                f"a={float(self.a):.4g}, step={int(self.step)}")

@@ -19,6 +19,8 @@ Recipe of :func:`train`:
 The UNet is not wrapped in DistributedDataParallel: its gradients are LoRA-sized
 and are averaged by one all-reduce per optimizer step, which stays correct with
 the double backward, the sub-batch's second forward and gradient accumulation.
+Gradient checkpointing works with ``estimator="finite_difference"`` and with
+lambda_reg = 0; the exact estimator's double backward refuses it.
 All randomness of a micro-batch (t, eps, y, caption dropout) comes from a
 generator seeded by (seed, micro-batch, process), so a resumed run continues
 exactly as an uninterrupted one would.
@@ -62,7 +64,7 @@ def _dataset(cfg: TrainConfig, world):
                          + (' or "digits" for the toy world' if world.vae is None else ""))
     if cfg.data == "digits":
         from .toy import DigitCaptions
-        return DigitCaptions(split="train", caption_dropout=0.0, seed=cfg.seed)
+        return DigitCaptions(split="train", seed=cfg.seed)
     from .data import CaptionedImageFolder
     return CaptionedImageFolder(cfg.data, cfg.resolution, cfg.captions, seed=cfg.seed)
 
@@ -178,11 +180,11 @@ def train(cfg: TrainConfig, world=None, dataset=None) -> TrainResult:
     for p in params:
         p.data = p.data.float()
     if cfg.gradient_checkpointing:
-        if cfg.lambda_reg > 0:
+        if cfg.lambda_reg > 0 and cfg.estimator == "exact":
             raise ValueError("gradient checkpointing cannot be used with the exact regularizer: its recomputation "
                              "does not reproduce the double backward's graph (torch.utils.checkpoint raises "
-                             "CheckpointError). Save memory with --reg-sub-batch or --reg-every instead, or set "
-                             "--no-gradient-checkpointing.")
+                             "CheckpointError). Use --estimator finite_difference (first order, checkpointing "
+                             "works), save memory with --reg-sub-batch instead, or set --no-gradient-checkpointing.")
         unet.enable_gradient_checkpointing()
     unet.train()
 
@@ -200,7 +202,8 @@ def train(cfg: TrainConfig, world=None, dataset=None) -> TrainResult:
                              num_training_steps=cfg.max_train_steps)
     optimizer, loader = accelerator.prepare(optimizer, loader)
     regularizer = StepVariationRegularizer(every=cfg.reg_every, sub_batch=cfg.reg_sub_batch,
-                                           sync=cfg.sync_running_mean).to(accelerator.device)
+                                           sync=cfg.sync_running_mean, estimator=cfg.estimator,
+                                           h=cfg.regularizer_h).to(accelerator.device)
     if cfg.report_to:
         accelerator.init_trackers("smooth-lora", config={k: str(v) for k, v in dataclasses.asdict(cfg).items()})
 
@@ -243,7 +246,9 @@ def train(cfg: TrainConfig, world=None, dataset=None) -> TrainResult:
                     f"the loss is not finite at step {step + 1} (micro-batch {micro_step}): L_mse = {out.mse.item():.4g}, "
                     f"L_reg = {out.reg.item():.4g} on process {accelerator.process_index}. Training stopped before "
                     f"any weight was updated with it; the newest checkpoint is {latest_checkpoint(cfg.output_dir)}. "
-                    "Try a lower learning_rate or lambda_reg, or mixed_precision='no'.")
+                    "Try a lower learning_rate or lambda_reg, or mixed_precision='no'"
+                    + (", or estimator='finite_difference' (no double backward in half precision)."
+                       if cfg.mixed_precision != "no" and cfg.estimator == "exact" and cfg.lambda_reg > 0 else "."))
             accelerator.backward(out.loss / accum)
             micro_step += 1
             logs["mse"] += out.mse.item() / accum

@@ -16,6 +16,7 @@ only, and every Hub failure becomes a :class:`HubAccessError` that says what to 
 """
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from contextlib import contextmanager
@@ -30,7 +31,8 @@ from .device import resolve
 SHORT_NAMES = {"sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5"}
 """Short world names and the Hub repository each stands for."""
 
-LATER_WORLDS = ("toy", "auto")
+BUNDLED_WORLDS = ("toy", "auto")
+logger = logging.getLogger(__name__)
 
 _COMPONENTS = ("unet", "vae", "text_encoder")
 _WEIGHT_STEMS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model",
@@ -212,9 +214,18 @@ def load_world(name: str | os.PathLike = "sd15", *, device=None, dtype=None,
     (``clip_sample=False, set_alpha_to_one=False, steps_offset=1``).
     """
     key = str(name)
-    if key in LATER_WORLDS:
-        raise NotImplementedError(f"the {key!r} world is not available yet; load Stable Diffusion "
-                                  "with load_world('sd15'), a Hub repo id, or a local folder")
+    if key == "auto":
+        key = "sd15" if torch.cuda.is_available() and not os.environ.get("HF_HUB_OFFLINE") else "toy"
+        if key == "sd15":
+            try:
+                return load_world("sd15", device=device, dtype=dtype, revision=revision, token=token,
+                                  cache_dir=cache_dir, local_files_only=local_files_only)
+            except HubAccessError as err:
+                logger.warning("auto: Stable Diffusion 1.5 is out of reach (%s); using the bundled toy world",
+                               str(err).splitlines()[0])
+                key = "toy"
+    if key == "toy":
+        return _toy_world(*resolve(device or "cpu", dtype or torch.float32))
     folder = Path(key).expanduser()
     if folder.is_dir():
         if revision is not None:
@@ -228,6 +239,14 @@ def load_world(name: str | os.PathLike = "sd15", *, device=None, dtype=None,
         raise ValueError(f"unknown world {key!r}: use one of {sorted(SHORT_NAMES)}, a Hub repo id "
                          "such as 'prompthero/openjourney-v4', or an existing local folder")
     return _from_folder(folder, key, *resolve(device, dtype), variant=variant)
+
+
+def _toy_world(device: torch.device, dtype: torch.dtype) -> World:
+    """The bundled text-to-image digit model (pixel space, no VAE), read from ``data/toy`` offline."""
+    from .toy import load_toy_components
+
+    parts = load_toy_components(device=device, dtype=dtype)
+    return World(name="toy", vae=None, device=device, dtype=dtype, **parts)
 
 
 def _looks_like_repo_id(name: str) -> bool:

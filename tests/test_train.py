@@ -117,6 +117,34 @@ def test_gradient_checkpointing_is_refused_with_the_exact_regularizer(tmp_path):
     assert result.global_step == 1
 
 
+def test_first_order_estimator_trains_with_gradient_checkpointing(tmp_path):
+    result = train(config(tmp_path, estimator="finite_difference", gradient_checkpointing=True, max_train_steps=2,
+                          checkpointing_steps=2), world=tiny_world())
+    assert result.global_step == 2
+    assert all(h["r"] is not None and h["r"] > 0 and h["reg"] > 0 for h in result.history)
+    assert result.history[-1]["a"] > 0
+    assert any(v.abs().max() > 0 for k, v in lora_of(tmp_path / "run").items() if "lora_B" in k)
+
+
+def test_estimator_flags_on_the_command_line():
+    import argparse
+
+    from smoothlib.config import add_arguments, from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    cfg = from_args(parser.parse_args(["--estimator", "finite_difference", "--regularizer-h", "0.01",
+                                       "--gradient-checkpointing"]))
+    assert (cfg.estimator, cfg.regularizer_h, cfg.gradient_checkpointing) == ("finite_difference", 0.01, True)
+    assert from_args(parser.parse_args([])).estimator == "exact"
+    with pytest.raises(ValueError, match="estimator must be one of"):
+        TrainConfig(estimator="jvp")
+    with pytest.raises(ValueError, match="regularizer_h is the finite-difference step"):
+        TrainConfig(regularizer_h=1e-3)
+    with pytest.raises(ValueError, match="regularizer_h must be > 0"):
+        TrainConfig(estimator="finite_difference", regularizer_h=0.0)
+
+
 def test_bad_config_values():
     with pytest.raises(ValueError, match="lambda_reg must be >= 0"):
         TrainConfig(lambda_reg=-1)

@@ -161,8 +161,9 @@ def test_hub_refusals_say_what_to_do(error, reason):
 
 
 def test_unknown_names_and_later_worlds_are_clear_errors(tmp_path):
-    with pytest.raises(NotImplementedError, match="'toy' world is not available yet"):
-        load_world("toy")
+    toy = load_world("toy")
+    assert toy.vae is None and toy.latent_shape == (1, 16, 16) and toy.image_size == (16, 16)
+    assert toy.encode_prompt(["a handwritten seven"]).shape == (1, 12, 64)
     with pytest.raises(ValueError, match="unknown world 'sd14'"):
         load_world("sd14")
     with pytest.raises(ValueError, match="not a saved diffusers pipeline"):
