@@ -29,7 +29,7 @@ non-tensor memory are not counted); on CUDA ``torch.cuda.max_memory_allocated``
 is printed too.
 
 r over t: mean r = ||d <x0_hat, y> / d eps|| in three timestep buckets for the
-same (untrained, randomly initialised) UNets, beside the SPEC's prefactor
+same (untrained, randomly initialised) UNets, beside the prefactor
 (1 - alpha_bar_t) / sqrt(alpha_bar_t).
 """
 from __future__ import annotations

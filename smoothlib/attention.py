@@ -1,6 +1,6 @@
 """Attention kernels that can be differentiated twice, as the regularizer needs.
 
-The Step-wise Variation Regularizer (Guo et al., CVPR 2024; SPEC section 3)
+The Step-wise Variation Regularizer (Guo et al., CVPR 2024, section 3.2)
 builds r from a gradient, ``autograd.grad(<x0_hat, y>, eps, create_graph=True)``,
 so ``L_reg.backward()`` differentiates the backward pass of every op in the
 UNet: a *double backward*. Fused attention kernels (PyTorch's flash,

@@ -1,6 +1,6 @@
 """The training configuration: one dataclass for the command line, the notebooks and the toy world.
 
-Defaults are the released Smooth LoRA's recipe (SPEC section 4: rank 8 on the
+Defaults are the released Smooth LoRA's recipe (the release's script and model card: rank 8 on the
 four attention projections, AdamW at a constant 1e-4, gradient-norm clip 1,
 30,000 optimizer steps of batch 96 = 3 per GPU x 4 GPUs x 8 accumulation
 steps, seed 42, lambda = 1), except where a field says otherwise.
@@ -34,7 +34,7 @@ class TrainConfig:
     lora_alpha: float | None = None
     """LoRA alpha; None means alpha = rank (scale 1, as released)."""
 
-    # -- the regularizer (SPEC section 3)
+    # -- the regularizer (Guo et al. 2024, section 3.2)
     lambda_reg: float = 1.0
     """Weight of L_reg in L = L_mse + lambda * L_reg; 0 trains a plain LoRA (the control)."""
     reg_every: int = 1

@@ -1,6 +1,6 @@
 """Editing a real image by switching the prompt part-way through sampling.
 
-Smooth Diffusion (Guo et al., CVPR 2024, section 4.4; SPEC section 6) edits without
+Smooth Diffusion (Guo et al., CVPR 2024, section 4.4) edits without
 attention control (not prompt-to-prompt): null-text-invert the image with its source
 caption c_src (Mokady et al. 2023), then sample back from the same x_T with the fitted
 null embeddings, using c_src for the first (1 - r) of the N steps (the layout) and the

@@ -1,6 +1,6 @@
 """Inverting real images: DDIM inversion, null-text inversion (single and shared), reconstruction.
 
-DDIM inversion (Dhariwal & Nichol 2021; SPEC section 6) runs the deterministic DDIM update
+DDIM inversion (Dhariwal & Nichol 2021; Mokady et al. 2023) runs the deterministic DDIM update
 backwards from the encoded image x_0 to x_T with the conditional prompt c and guidance 1
 (:func:`smoothlib.ddim.ddim_invert`). Sampling back from x_T with guidance w = 7.5 does not
 retrace that path: the guided noise estimate

@@ -1,6 +1,6 @@
 """Smoothness and reconstruction metrics on images in [0, 1].
 
-Smoothness of a walk (Guo et al., CVPR 2024, "Smooth Diffusion", supplement; SPEC section 5).
+Smoothness of a walk (Guo et al., CVPR 2024, "Smooth Diffusion", supplement).
 For F frames I_1..I_F generated from equally spaced latents, with the adjacent distances
 
     d_k = || I_{k+1} - I_k ||_2        (k = 1..F-1, Euclidean norm over all channels and pixels),

@@ -25,7 +25,7 @@ backward through the UNet (see :mod:`smoothlib.attention`).
 
 Scale fact: r = (1 - alpha_bar_t) ||J_{x_t}^T y|| and J_{x_t} carries a factor
 1/sqrt(alpha_bar_t), so r at high t is orders of magnitude larger than at low t
-(SPEC section 3); one running mean over all t is dominated by the noisy end.
+(Guo et al. 2024, section 3.2); one running mean over all t is dominated by the noisy end.
 
 A first-order estimator (``estimator="finite_difference"``) measures the
 forward variation that the paper's goal is about, ||delta x0_hat|| for a small

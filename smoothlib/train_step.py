@@ -1,6 +1,6 @@
 """One training step of Smooth Diffusion: denoising loss plus the Step-wise Variation Regularizer.
 
-Guo et al., "Smooth Diffusion", CVPR 2024, eq. 9 (SPEC section 3):
+Guo et al., "Smooth Diffusion", CVPR 2024, eq. 9:
 
     L = L_mse + lambda * L_reg,   L_mse = mean((target - model(x_t, t, c))^2),
     L_reg = mean((r - a)^2),      r = || d <x0_hat, sqrt(1 - alpha_bar_t) y> / d eps ||,

@@ -3,11 +3,11 @@
 Smooth Diffusion (Guo et al., CVPR 2024) judges a latent space by how evenly the images
 change along such walks:
 
-- noises: x_T(eta) = slerp(x_T^a, x_T^b; eta), one prompt (the ISTD walk, SPEC section 5);
+- noises: x_T(eta) = slerp(x_T^a, x_T^b; eta), one prompt (the ISTD walk);
 - prompts: c(eta) = (1 - eta) c_a + eta c_b, one noise;
 - real images: shared null-text inversion of both images (one null embedding per step
   for the pair), x_T(eta) = slerp of the two inverted noises, optionally c(eta) between
-  the two captions, every frame sampled with the shared null embeddings (SPEC section 6).
+  the two captions, every frame sampled with the shared null embeddings.
 
 Every frame is a guided DDIM sample, decoded to [0, 1]; frames are sampled in batches.
 Noises come from a CPU ``torch.Generator`` seeded per item, so the same seeds give the
@@ -151,7 +151,7 @@ class ISTDResult:
 def istd_protocol(world, prompts: str | list[str], num_pairs: int | None = None, seeds: list[int] | None = None,
                   num_frames: int = 11, guidance_scale: float = 7.5, num_steps: int = 50, batch_size: int = 8,
                   return_frames: bool = False, progress: bool = True) -> ISTDResult:
-    """The ISTD protocol of Smooth Diffusion's supplement (SPEC section 5), for any World.
+    """The ISTD protocol of Smooth Diffusion's supplement, for any World.
 
     1. items: one per prompt (a single prompt with ``num_pairs`` repeats it); item p uses
        seed ``seeds[p]`` (default p), so the same prompts and noises serve every model compared;
