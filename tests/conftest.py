@@ -3,6 +3,8 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import socket
+
 import pytest
 import torch
 
@@ -11,3 +13,40 @@ import torch
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tiny models run faster on one thread, and do not stall when other jobs share the CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def lora_unet():
+    """A tiny SD UNet, frozen, with a rank-4 peft LoRA on every attention projection (seeded init)."""
+    import peft
+
+    from smoothlib.tiny import tiny_unet
+
+    unet = tiny_unet(sample_size=8)
+    unet.requires_grad_(False)
+    torch.manual_seed(0)  # the LoRA's gaussian init draws from the global generator
+    unet.add_adapter(peft.LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    return unet
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Fail any attempt to open a socket connection, and check afterwards that none was made."""
+    attempts = []
+
+    def refuse(self, address, *args):
+        attempts.append(address)
+        raise OSError(f"test forbids network access (tried {address})")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    yield attempts
+    assert not attempts, f"network was tried: {attempts}"

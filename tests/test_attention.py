@@ -1,31 +1,13 @@
-import peft
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from smoothlib.attention import check_double_backward, double_backward_attention
-from smoothlib.tiny import tiny_unet
 
 FIX_HINT = "double_backward_attention"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster on one thread, and do not stall when other jobs share the CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture
-def lora_unet():
-    unet = tiny_unet(sample_size=8)
-    unet.requires_grad_(False)
-    unet.add_adapter(peft.LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
-                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-    return unet
 
 
 def _grad_of_grad(q):

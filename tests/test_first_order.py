@@ -2,36 +2,23 @@
 import copy
 import math
 
-import peft
 import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from smoothlib.analytic import GaussianDenoiser
 from smoothlib.regularizer import StepVariationRegularizer, default_step, finite_difference_variation
-from smoothlib.tiny import tiny_scheduler, tiny_unet
+from smoothlib.tiny import tiny_scheduler
 from smoothlib.train_step import training_step
 
 FD = "finite_difference"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster on one thread, and do not stall when other jobs share the CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture
-def lora_unet():
-    unet = tiny_unet(sample_size=8)
-    unet.requires_grad_(False)
-    torch.manual_seed(0)  # the LoRA's gaussian init draws from the global generator
-    unet.add_adapter(peft.LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
-                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-    return unet.train()
+def lora_unet(lora_unet):
+    """The shared LoRA UNet in training mode (gradient checkpointing acts only there)."""
+    return lora_unet.train()
 
 
 def _batch(B=2, seed=0):

@@ -1,7 +1,6 @@
 """smoothlib.lora against independent references: hand-merged W + up @ down, and diffusers' own loader."""
 import copy
 import logging
-import socket
 
 import pytest
 import torch
@@ -64,18 +63,6 @@ def assert_pristine(unet, reference_state):
     assert state.keys() == reference_state.keys()
     assert all(torch.equal(state[k], v) for k, v in reference_state.items())
 
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Fail any attempt to open a socket connection."""
-    attempts = []
-
-    def refuse(self, address, *args):
-        attempts.append(address)
-        raise OSError(f"test forbids network access (tried {address})")
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    yield attempts
-    assert not attempts, f"network was tried: {attempts}"
 
 
 @pytest.fixture

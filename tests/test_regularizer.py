@@ -10,14 +10,6 @@ from smoothlib.prediction import x0_and_eps
 from smoothlib.regularizer import StepVariationRegularizer, step_variation
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster on one thread, and do not stall when other jobs share the CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _x0_hat_through_forward_process(net, x0, eps, abar):
     """x_t = sqrt(abar) x0 + sqrt(1 - abar) eps, then x0_hat from an eps-predicting net."""
@@ -194,17 +186,6 @@ def test_penalty_gradients_reach_lora_only_under_default_attention(lora_unet):
     assert sum(p.grad.abs().sum() for p in lora.values()) > 0
     assert all(p.grad is None for p in frozen.values())
 
-
-@pytest.fixture
-def lora_unet():
-    import peft
-    from smoothlib.tiny import tiny_unet
-
-    unet = tiny_unet(sample_size=8)
-    unet.requires_grad_(False)
-    unet.add_adapter(peft.LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
-                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-    return unet
 
 
 # ---- averaging across processes ----------------------------------------------------------------

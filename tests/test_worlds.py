@@ -1,5 +1,4 @@
 """smoothlib.worlds: loading a Stable Diffusion world from a folder or (faked, offline) Hub, and its helpers."""
-import socket
 
 import pytest
 import torch
@@ -7,18 +6,6 @@ import torch
 from smoothlib.tiny import tiny_pipeline
 from smoothlib.worlds import SHORT_NAMES, HubAccessError, World, hub_errors, load_world
 
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Fail any attempt to open a socket connection, and check afterwards that none was made."""
-    attempts = []
-
-    def refuse(self, address, *args):
-        attempts.append(address)
-        raise OSError(f"test forbids network access (tried {address})")
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    yield attempts
-    assert not attempts, f"network was tried: {attempts}"
 
 
 @pytest.fixture(scope="module")
