@@ -47,6 +47,8 @@ class TrainConfig:
     """How r is measured: "exact" (the release: a vector-Jacobian product, double backward, math attention) or "finite_difference" (a second forward at a shifted input, ordinary backward: any attention kernel, mixed precision, gradient checkpointing)."""
     regularizer_h: float | None = None
     """Finite-difference step, relative: the shift of x_t has norm h ||x_t||. None: sqrt(machine epsilon) of the compute dtype (3.5e-4 fp32, 0.031 fp16, 0.088 bf16)."""
+    reg_t_buckets: int = 1
+    """Running means of r: 1 (the release: one a for all t) or K, one per range of T/K timesteps."""
     noise_offset: float = 0.0
 
     # -- optimisation
@@ -93,7 +95,7 @@ class TrainConfig:
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision must be 'no', 'fp16' or 'bf16', got {self.mixed_precision!r}")
         for name in ("rank", "train_batch_size", "gradient_accumulation_steps", "max_train_steps",
-                     "checkpointing_steps", "validation_steps", "reg_every", "resolution"):
+                     "checkpointing_steps", "validation_steps", "reg_every", "resolution", "reg_t_buckets"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.estimator not in ESTIMATORS:

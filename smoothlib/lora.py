@@ -30,11 +30,10 @@ from pathlib import Path
 
 import torch
 
-from .worlds import _looks_like_repo_id, hub_errors
+from .worlds import SMOOTH_LORA_REPO, _looks_like_repo_id, hub_errors
 
 logger = logging.getLogger(__name__)
 
-SMOOTH_LORA_REPO = "shi-labs/smooth-diffusion-lora"
 SMOOTH_LORA_FILE = "smooth_lora.safetensors"
 DIFFUSERS_LORA_FILE = "pytorch_lora_weights.safetensors"
 ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")

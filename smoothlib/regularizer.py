@@ -27,6 +27,17 @@ Scale fact: r = (1 - alpha_bar_t) ||J_{x_t}^T y|| and J_{x_t} carries a factor
 1/sqrt(alpha_bar_t), so r at high t is orders of magnitude larger than at low t
 (Guo et al. 2024, section 3.2); one running mean over all t is dominated by the noisy end.
 
+A running mean per range of t (``t_buckets=K``) is a lever the paper does not use:
+with one a, r - a is mostly the difference between the noisy and the clean end,
+so the penalty pushes r down at high t and up at low t rather than evening
+r out among the samples of one step. With K buckets of T/K steps each, bucket b
+keeps its own a_b (started at its first batch mean instead of 0) and
+
+    L_reg = mean((r_i - a_{b(t_i)})^2),
+
+which is StyleGAN2's path-length idea applied step by step: equal variation for
+every noise at the same t.
+
 A first-order estimator (``estimator="finite_difference"``) measures the
 forward variation that the paper's goal is about, ||delta x0_hat|| for a small
 delta eps, with the same scaled direction u = sqrt(1 - alpha_bar_t) y:
@@ -154,11 +165,18 @@ class StepVariationRegularizer(torch.nn.Module):
       and gradient checkpointing work, at about one extra forward and backward.
     * ``h`` (None = :func:`default_step` of the compute dtype): the
       finite-difference step, relative: the shift of x_t has norm h ||x_t||.
+    * ``t_buckets`` (K = 1, the release): K > 1 keeps one running mean per range
+      of T / K timesteps (``a`` of shape [K]; each started at its first batch
+      mean); then :meth:`penalty` needs the samples' t.
     """
 
     def __init__(self, decay: float = 0.01, every: int = 1, sub_batch: int | None = None,
-                 sync: bool = True, estimator: str = "exact", h: float | None = None):
+                 sync: bool = True, estimator: str = "exact", h: float | None = None,
+                 t_buckets: int = 1, num_train_timesteps: int = 1000):
         super().__init__()
+        if int(t_buckets) != t_buckets or not 1 <= t_buckets <= num_train_timesteps:
+            raise ValueError(f"t_buckets must be an integer in [1, {num_train_timesteps}], got {t_buckets}")
+        self.t_buckets, self.num_train_timesteps = int(t_buckets), int(num_train_timesteps)
         if estimator not in ESTIMATORS:
             raise ValueError(f"unknown estimator {estimator!r}; use one of {ESTIMATORS}")
         if h is not None and not (h > 0 and math.isfinite(h)):
@@ -174,7 +192,9 @@ class StepVariationRegularizer(torch.nn.Module):
         if sub_batch is not None and (int(sub_batch) != sub_batch or sub_batch < 1):
             raise ValueError(f"sub_batch must be None (whole batch) or an integer >= 1, got {sub_batch}")
         self.decay, self.every, self.sub_batch, self.sync = decay, int(every), sub_batch, sync
-        self.register_buffer("a", torch.zeros((), dtype=torch.float32))
+        self.register_buffer("a", torch.zeros(() if self.t_buckets == 1 else (self.t_buckets,), dtype=torch.float32))
+        if self.t_buckets > 1:
+            self.register_buffer("seen", torch.zeros(self.t_buckets, dtype=torch.bool))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self._graph_checked = False
 
@@ -238,16 +258,42 @@ class StepVariationRegularizer(torch.nn.Module):
         shape = (-1, *([1] * (x_t.ndim - 1)))
         return x_t + (root * s).reshape(shape) * u, s
 
-    def penalty(self, r: Tensor) -> Tensor:
+    def penalty(self, r: Tensor, t: Tensor | None = None) -> Tensor:
         """L_reg = mean((r - a_new)^2) with a_new = a + decay (mean(r) - a); stores a_new detached.
 
         mean(r) is over all processes when ``sync`` is on; a_new keeps its
-        gradient through decay * mean(r) inside the penalty.
+        gradient through decay * mean(r) inside the penalty. With ``t_buckets``
+        > 1, ``t`` (the samples' timesteps, [B]) picks each sample's running mean.
         """
+        if self.t_buckets > 1:
+            return self._bucket_penalty(r, t)
         a = self.a.to(r.dtype)
         a_new = a + self.decay * (self._batch_mean(r) - a)
         penalty = (r - a_new).pow(2).mean()
         self.a.copy_(a_new.detach())
+        return penalty
+
+    def _bucket_penalty(self, r: Tensor, t: Tensor | None) -> Tensor:
+        if t is None or t.shape != r.shape:
+            raise ValueError(f"a regularizer with t_buckets={self.t_buckets} needs the samples' timesteps t "
+                             f"(one per sample, shape {tuple(r.shape)}), got "
+                             f"{None if t is None else tuple(t.shape)}")
+        b = (t.to(r.device).long() * self.t_buckets // self.num_train_timesteps).clamp(0, self.t_buckets - 1)
+        sums = r.new_zeros(self.t_buckets).index_add(0, b, r)
+        counts = torch.bincount(b, minlength=self.t_buckets).to(r.dtype)
+        total, count = sums.detach().clone(), counts.clone()
+        if self.sync and dist.is_available() and dist.is_initialized():
+            dist.all_reduce(total, op=dist.ReduceOp.SUM)
+            dist.all_reduce(count, op=dist.ReduceOp.SUM)
+        present, denom = count > 0, count.clamp_min(1)
+        local = sums / denom  # the gradient flows through this process's samples only
+        mean = local + (total / denom - local.detach())
+        a = self.a.to(r.dtype)
+        fresh = present & ~self.seen
+        a_new = torch.where(fresh, mean, torch.where(present, a + self.decay * (mean - a), a))
+        penalty = (r - a_new[b]).pow(2).mean()
+        self.a.copy_(a_new.detach())
+        self.seen |= present
         return penalty
 
     def _batch_mean(self, r: Tensor) -> Tensor:
@@ -260,13 +306,14 @@ class StepVariationRegularizer(torch.nn.Module):
         return m + (total / dist.get_world_size() - m.detach())
 
     def forward(self, x0_hat: Tensor, eps: Tensor, alpha_bar_t: Tensor,
-                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+                generator: torch.Generator | None = None, t: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Return (L_reg, r) and update a, with the exact estimator.
 
         1. y = N(0, I) / sqrt(C H W) * sqrt(1 - alpha_bar_t);
         2. r = || d <x0_hat, y> / d eps ||  (:func:`step_variation`);
         3. a_new = a + decay (mean(r) - a), with mean(r) over all processes if ``sync``;
-        4. L_reg = mean((r - a_new)^2); store a_new detached  (:meth:`penalty`).
+        4. L_reg = mean((r - a_new)^2); store a_new detached  (:meth:`penalty`;
+           ``t``, the samples' timesteps, picks the running mean when ``t_buckets`` > 1).
         """
         if self.estimator != "exact":
             raise ValueError(f"estimator={self.estimator!r} needs a second forward at a shifted input, "
@@ -277,9 +324,9 @@ class StepVariationRegularizer(torch.nn.Module):
         if not self._graph_checked:
             check_double_backward(r)
             self._graph_checked = True
-        return self.penalty(r), r
+        return self.penalty(r, t), r
 
     def extra_repr(self) -> str:
         return (f"decay={self.decay}, every={self.every}, sub_batch={self.sub_batch}, "
-                f"sync={self.sync}, estimator={self.estimator!r}, h={self.h}, "
-                f"a={float(self.a):.4g}, step={int(self.step)}")
+                f"sync={self.sync}, estimator={self.estimator!r}, h={self.h}, t_buckets={self.t_buckets}, "
+                f"a={self.a.tolist()}, step={int(self.step)}")

@@ -36,6 +36,10 @@ TOY_GUIDANCE = 4.0
 """Default classifier-free guidance weight of the toy base model."""
 
 HELDOUT_SIZE = 500
+TOY_SMOOTH_LORA = "smooth-s0"
+"""The toy world's default Smooth LoRA (a folder of ``data/toy_lora/``): lambda = 1, seed 0."""
+TOY_CONTROL_LORA = "control-s0"
+"""Its control: the same LoRA recipe and seed with lambda = 0."""
 SPLIT_SEED = 0
 MAX_LENGTH = 12
 CROSS_DIM = 64
@@ -59,6 +63,18 @@ def data_dir() -> Path:
 
 
 # --------------------------------------------------------------------------- prompts
+
+
+def lora_path(name: str = "smooth") -> Path:
+    """A LoRA shipped with the toy world: "smooth" (lambda = 1, seed 0), "control" (lambda = 0, seed 0),
+    or a folder name under ``data/toy_lora/`` ("smooth-s1", "control-s1", ...)."""
+    folder = {"smooth": TOY_SMOOTH_LORA, "control": TOY_CONTROL_LORA}.get(name, name)
+    path = data_dir() / "toy_lora" / folder / "pytorch_lora_weights.safetensors"
+    if not path.exists():
+        shipped = sorted(p.name for p in (data_dir() / "toy_lora").glob("*") if p.is_dir())
+        raise FileNotFoundError(f"no toy LoRA {name!r} at {path}; shipped: {shipped or 'none'} "
+                                "(rebuild with `python scripts/make_toy_lora.py`)")
+    return path
 
 
 def digit_prompt(digit: int, template: int = 0) -> str:

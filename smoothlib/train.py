@@ -95,9 +95,11 @@ def _save(accelerator, cfg, unet, optimizer, lr_sched, regularizer, step, micro_
     tensors = {f"lora.{n}": p for n, p in _lora_named(unet).items()}
     opt_tensors, opt_rest = flatten_optimizer(optimizer)
     tensors.update(opt_tensors)
-    a_all = accelerator.gather(regularizer.a.detach().reshape(1))  # one a per process
+    a_all = accelerator.gather(regularizer.a.detach().reshape(1, -1))  # one a (or one per t range) per process
     tensors.update({"regularizer.a_per_process": a_all, "regularizer.step": regularizer.step,
                     "rng.torch": torch.get_rng_state()})
+    if hasattr(regularizer, "seen"):
+        tensors["regularizer.seen"] = regularizer.seen
     if accelerator.is_main_process:
         meta = {"micro_step": micro_step, "num_processes": accelerator.num_processes,
                 "optimizer": opt_rest, "lr_scheduler": lr_sched.state_dict(), "history_len": history_len,
@@ -123,15 +125,20 @@ def _resume(accelerator, cfg, unet, optimizer, lr_sched, regularizer) -> tuple[i
             p.copy_(tensors[f"lora.{n}"])
     unflatten_optimizer(optimizer, tensors, meta["optimizer"])
     lr_sched.load_state_dict(meta["lr_scheduler"])
-    a_all = tensors["regularizer.a_per_process"]
+    a_all = tensors["regularizer.a_per_process"].reshape(meta["num_processes"], -1)
+    if a_all.shape[1] != regularizer.a.numel():
+        raise ValueError(f"{path} holds {a_all.shape[1]} running mean(s) per process but this regularizer has "
+                         f"{regularizer.a.numel()}: resume with the reg_t_buckets the run started with")
     if meta["num_processes"] != accelerator.num_processes:
         accelerator.print(f"resuming {meta['num_processes']} processes' state on {accelerator.num_processes}: "
                           "the running mean a is averaged and the data order changes")
-        regularizer.a.copy_(a_all.mean())
+        regularizer.a.copy_(a_all.mean(0).reshape(regularizer.a.shape))
     else:
-        regularizer.a.copy_(a_all[accelerator.process_index])
+        regularizer.a.copy_(a_all[accelerator.process_index].reshape(regularizer.a.shape))
+    if "regularizer.seen" in tensors and hasattr(regularizer, "seen"):
+        regularizer.seen.copy_(tensors["regularizer.seen"])
     regularizer.step.copy_(tensors["regularizer.step"])
-    accelerator.print(f"resumed from {path} at step {meta['step']} (a = {float(regularizer.a):.4g})")
+    accelerator.print(f"resumed from {path} at step {meta['step']} (a = {regularizer.a.mean().item():.4g})")
     return meta["step"], meta["micro_step"]
 
 
@@ -203,7 +210,9 @@ def train(cfg: TrainConfig, world=None, dataset=None) -> TrainResult:
     optimizer, loader = accelerator.prepare(optimizer, loader)
     regularizer = StepVariationRegularizer(every=cfg.reg_every, sub_batch=cfg.reg_sub_batch,
                                            sync=cfg.sync_running_mean, estimator=cfg.estimator,
-                                           h=cfg.regularizer_h).to(accelerator.device)
+                                           h=cfg.regularizer_h, t_buckets=cfg.reg_t_buckets,
+                                           num_train_timesteps=world.scheduler.config.num_train_timesteps,
+                                           ).to(accelerator.device)
     if cfg.report_to:
         accelerator.init_trackers("smooth-lora", config={k: str(v) for k, v in dataclasses.asdict(cfg).items()})
 
@@ -269,7 +278,7 @@ def train(cfg: TrainConfig, world=None, dataset=None) -> TrainResult:
             step += 1
             record = {"step": step, "mse": logs["mse"], "reg": logs["reg"],
                       "r": sum(logs["r"]) / len(logs["r"]) if logs["r"] else None,
-                      "a": float(regularizer.a), "lr": lr_sched.get_last_lr()[0]}
+                      "a": regularizer.a.tolist(), "lr": lr_sched.get_last_lr()[0]}
             logs = {"mse": 0.0, "reg": 0.0, "r": []}
             history.append(record)
             if accelerator.is_main_process:
@@ -278,7 +287,7 @@ def train(cfg: TrainConfig, world=None, dataset=None) -> TrainResult:
             accelerator.log({k: v for k, v in record.items() if v is not None and k != "step"}, step=step)
             bar.update(1)
             bar.set_postfix(mse=f"{record['mse']:.4f}", reg=f"{record['reg']:.3g}",
-                            r=f"{record['r']:.3g}" if record["r"] is not None else "-", a=f"{record['a']:.3g}")
+                            r=f"{record['r']:.3g}" if record["r"] is not None else "-", a=f"{regularizer.a.mean().item():.3g}")
             if step % cfg.checkpointing_steps == 0 or step == cfg.max_train_steps:
                 _save(accelerator, cfg, unet, optimizer, lr_sched, regularizer, step, micro_step, len(history))
             if step % cfg.validation_steps == 0 or step == cfg.max_train_steps:

@@ -85,7 +85,7 @@ def training_step(unet, x_0: Tensor, encoder_hidden_states: Tensor, scheduler,
     5. x0_hat from the output (regularized samples) [and from the shifted output];
     6. r = || d <x0_hat, y> / d eps ||  (:func:`smoothlib.regularizer.step_variation`)
        [r = || x0_hat_shifted - x0_hat || / s, :func:`~smoothlib.regularizer.finite_difference_variation`];
-    7. a <- a + 0.01 (mean(r) - a);  L_reg = mean((r - a)^2);
+    7. a <- a + 0.01 (mean(r) - a);  L_reg = mean((r - a)^2)  (a per t range with ``t_buckets``);
     8. L = L_mse + lambda * k * L_reg  (k = the lazy interval, 1 by default).
     """
     if lambda_reg < 0:
@@ -147,10 +147,10 @@ def training_step(unet, x_0: Tensor, encoder_hidden_states: Tensor, scheduler,
         x0_hat, _ = x0_and_eps(out_reg.to(x_t.dtype), x_t[:n], alpha_bar[:n], prediction_type)
         x0_shift, _ = x0_and_eps(out_shift.to(x_t.dtype), x_shift, alpha_bar[:n], prediction_type)
         r = finite_difference_variation(x0_hat, x0_shift, s)
-        reg = regularizer.penalty(r)
+        reg = regularizer.penalty(r, t[:n])
     else:  # from out_reg, not a slice of a concatenation, so that r's gradient never enters the plain forward
         x0_hat, _ = x0_and_eps(out_reg, x_t[:n], alpha_bar[:n], prediction_type)
-        reg, r = regularizer(x0_hat, eps_reg, alphas_cumprod[t[:n]], generator)
+        reg, r = regularizer(x0_hat, eps_reg, alphas_cumprod[t[:n]], generator, t[:n])
 
     # 8. total loss
     loss = mse + lambda_reg * regularizer.weight * reg

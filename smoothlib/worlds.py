@@ -29,6 +29,8 @@ import torch
 from .device import resolve
 
 SHORT_NAMES = {"sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5"}
+SMOOTH_LORA_REPO = "shi-labs/smooth-diffusion-lora"
+"""The released Smooth LoRA for SD 1.5 (Guo et al. 2024)."""
 """Short world names and the Hub repository each stands for."""
 
 BUNDLED_WORLDS = ("toy", "auto")
@@ -58,6 +60,22 @@ class World:
     vae: Any | None = None
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
+    smooth_lora: str | None = None
+    """Where this world's Smooth LoRA comes from by default: the release's Hub repository for
+    Stable Diffusion, the shipped ``data/toy_lora/smooth-s0`` for the toy world."""
+
+    def load_smooth_lora(self, source: str | os.PathLike | None = None, **kwargs):
+        """Apply this world's Smooth LoRA (or ``source``) to :attr:`unet`; see :func:`smoothlib.lora.load_smooth_lora`.
+
+        Then ``set_smooth_lora_strength(world.unet, s)`` scales it and ``with lora_disabled(world.unet):``
+        switches it off, in either world.
+        """
+        from .lora import load_smooth_lora
+
+        source = source if source is not None else self.smooth_lora
+        if source is None:
+            raise ValueError(f"the world {self.name!r} has no default Smooth LoRA; pass a file, folder or repo id")
+        return load_smooth_lora(self.unet, source, **kwargs)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -243,10 +261,11 @@ def load_world(name: str | os.PathLike = "sd15", *, device=None, dtype=None,
 
 def _toy_world(device: torch.device, dtype: torch.dtype) -> World:
     """The bundled text-to-image digit model (pixel space, no VAE), read from ``data/toy`` offline."""
-    from .toy import load_toy_components
+    from .toy import TOY_SMOOTH_LORA, data_dir, load_toy_components
 
     parts = load_toy_components(device=device, dtype=dtype)
-    return World(name="toy", vae=None, device=device, dtype=dtype, **parts)
+    return World(name="toy", vae=None, device=device, dtype=dtype,
+                 smooth_lora=str(data_dir() / "toy_lora" / TOY_SMOOTH_LORA), **parts)
 
 
 def _looks_like_repo_id(name: str) -> bool:
@@ -307,4 +326,4 @@ def _from_folder(folder: Path, name: str, device: torch.device, dtype: torch.dty
         model.to(device).eval().requires_grad_(False)
     return World(name=name, unet=pipe.unet, text_encoder=pipe.text_encoder,
                  tokenizer=pipe.tokenizer, scheduler=scheduler, vae=pipe.vae,
-                 device=device, dtype=dtype)
+                 device=device, dtype=dtype, smooth_lora=SMOOTH_LORA_REPO)

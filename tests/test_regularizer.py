@@ -10,7 +10,6 @@ from smoothlib.prediction import x0_and_eps
 from smoothlib.regularizer import StepVariationRegularizer, step_variation
 
 
-
 def _x0_hat_through_forward_process(net, x0, eps, abar):
     """x_t = sqrt(abar) x0 + sqrt(1 - abar) eps, then x0_hat from an eps-predicting net."""
     a = abar.reshape(-1, 1, 1, 1)
@@ -225,3 +224,31 @@ def test_running_mean_is_shared_across_processes(tmp_path):
     assert a0["local"].item() != a1["local"].item()
     # the synchronised a is the running mean of the two ranks' batch means (linear update)
     torch.testing.assert_close(a0["synced"], (a0["local"] + a1["local"]) / 2, rtol=1e-6, atol=0)
+
+
+def test_running_mean_per_t_range_matches_a_hand_computation():
+    reg = StepVariationRegularizer(t_buckets=4, num_train_timesteps=1000)
+    assert reg.a.shape == (4,)
+    r = torch.tensor([1.0, 3.0, 10.0, 0.5], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([10, 200, 990, 260])  # buckets 0, 0, 3, 1
+    penalty = reg.penalty(r, t)
+    # first visit: each bucket starts at its batch mean; bucket 2 unseen stays 0
+    a = torch.tensor([2.0, 0.5, 0.0, 10.0], dtype=torch.float64)
+    assert torch.allclose(reg.a.double(), a) and reg.seen.tolist() == [True, True, False, True]
+    assert penalty.item() == pytest.approx(((1 - 2) ** 2 + (3 - 2) ** 2 + 0 + 0) / 4)
+    r2 = torch.tensor([4.0, 2.0], dtype=torch.float64)
+    penalty2 = reg.penalty(r2, torch.tensor([0, 700]))  # buckets 0 (seen: EMA) and 2 (fresh)
+    a0 = 2.0 + 0.01 * (4.0 - 2.0)
+    assert reg.a[0].item() == pytest.approx(a0) and reg.a[2].item() == pytest.approx(2.0)
+    assert penalty2.item() == pytest.approx(((4.0 - a0) ** 2 + 0) / 2)
+    fresh = StepVariationRegularizer(t_buckets=4, num_train_timesteps=1000)
+    fresh.load_state_dict(reg.state_dict())
+    assert torch.equal(fresh.a, reg.a) and torch.equal(fresh.seen, reg.seen)
+
+
+def test_running_mean_per_t_range_needs_t():
+    reg = StepVariationRegularizer(t_buckets=2)
+    with pytest.raises(ValueError, match="timesteps t"):
+        reg.penalty(torch.ones(3))
+    with pytest.raises(ValueError, match="t_buckets"):
+        StepVariationRegularizer(t_buckets=0)

@@ -1,0 +1,131 @@
+"""The toy world's miniature Table 1 (and lambda sweep): ISTD, prompt adherence and Frechet distance.
+
+    python scripts/toy_table.py --runs runs/toy_lora            # measure what is missing, print the table
+    python scripts/toy_table.py --runs runs/toy_lora --only smooth-s1 --no-table   # one model (for parallel lanes)
+
+Models: the base (``base``) and every LoRA run folder under ``--runs`` written by
+``scripts/make_toy_lora.py`` (or a folder such as ``data/toy_lora`` holding shipped
+LoRAs with their ``run.json``). Each model is scored once on the shared items
+(:mod:`smoothlib.toy_eval`: 100 walks = 10 digits x 10 seeds, 11 slerp frames,
+50 DDIM steps, guidance 4) and its scores are cached in ``<run>/scores.json``.
+Rows with the same lambda, estimator and lazy interval are grouped over seeds;
+changes are paired walk by walk, against the base and against the lambda = 0
+control (the mean of its seeds' per-walk scores).
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+from collections import defaultdict  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+
+def measure(folder: Path | None, cache: Path, pairs: int, steps: int, progress: bool) -> dict:
+    import smoothlib as sl
+    from smoothlib.toy_eval import smoothness_and_quality
+
+    world = sl.load_world("toy")
+    if folder is not None:
+        sl.load_smooth_lora(world.unet, folder / "pytorch_lora_weights.safetensors")
+    start = time.perf_counter()
+    scores = smoothness_and_quality(world, num_pairs=pairs, num_steps=steps, progress=progress)
+    record = {**scores.to_dict(), "eval_wall_s": round(time.perf_counter() - start, 1)}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(record))
+    print(f"{folder or 'base'}: {scores}", flush=True)
+    return record
+
+
+def group_key(run: dict) -> tuple:
+    return (run.get("lambda_reg", 0.0), run.get("estimator", "exact"), run.get("reg_every", 1), run.get("t_buckets", 1))
+
+
+def label(key: tuple) -> str:
+    lam, est, every, buckets = key
+    if lam == 0:
+        return "+ LoRA, lambda = 0 (control)"
+    name = "exact" if est == "exact" else "first-order"
+    return (f"+ Smooth LoRA, lambda = {lam:g}, {name}" + (f", lazy k = {every}" if every > 1 else "")
+            + (f", a per t range ({buckets})" if buckets > 1 else ""))
+
+
+def mean_walks(records: list[dict]) -> list[float]:
+    return torch.tensor([r["per_walk"] for r in records], dtype=torch.float64).mean(0).tolist()
+
+
+def table(base: dict, runs: dict[str, tuple[dict, dict]]) -> str:
+    from smoothlib.toy_eval import paired_change
+
+    groups = defaultdict(list)
+    for name, (run, scores) in sorted(runs.items()):
+        groups[group_key(run)].append((name, run, scores))
+    control_key = (0.0, "exact", 1, 1)
+    control = mean_walks([s for _, _, s in groups[control_key]]) if control_key in groups else None
+    lines = ["| model | seeds | ISTD (s.e.) | vs base | vs control | adherence | Frechet | train wall |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |",
+             f"| base | | {base['istd']:.4f} ({base['istd_stderr']:.4f}) | | | {base['adherence']:.3f} | "
+             f"{base['frechet']:.1f} | |"]
+    for key in sorted(groups, key=lambda k: (k[0] != 0, k[1] != "exact", k[2], k[3], k[0])):
+        members = groups[key]
+        walks = mean_walks([s for _, _, s in members])
+        seeds = ", ".join(str(run.get("seed")) for _, run, _ in members)
+        per_seed = " / ".join(f"{s['istd']:.4f}" for _, _, s in members)
+        vb, vb_se = paired_change(walks, base["per_walk"])
+        vc = ""
+        if control is not None and key[0] != 0:
+            c, c_se = paired_change(walks, control)
+            vc = f"{100 * c:+.1f} % ({100 * c_se:.1f})"
+        adh = sum(s["adherence"] for _, _, s in members) / len(members)
+        fre = sum(s["frechet"] for _, _, s in members) / len(members)
+        wall = sum(run.get("wall_s", 0) for _, run, _ in members) / len(members) / 60
+        lines.append(f"| {label(key)} | {seeds} | {sum(walks) / len(walks):.4f} ({per_seed}) | "
+                     f"{100 * vb:+.1f} % ({100 * vb_se:.1f}) | {vc} | {adh:.3f} | {fre:.1f} | {wall:.0f} min |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", nargs="+", default=["runs/toy_lora"], help="folders holding LoRA run folders")
+    p.add_argument("--only", nargs="*", default=None, help="measure only these models (names, 'base')")
+    p.add_argument("--pairs", type=int, default=100)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--remeasure", action="store_true", help="ignore cached scores")
+    p.add_argument("--table", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+
+    def cached(folder: Path | None, cache: Path, name: str):
+        wanted = a.only is None or name in a.only
+        if cache.exists() and not a.remeasure:
+            record = json.loads(cache.read_text())
+            if record["num_pairs"] == a.pairs and record["num_steps"] == a.steps:
+                return record
+        return measure(folder, cache, a.pairs, a.steps, a.progress) if wanted else None
+
+    root = Path(a.runs[0])
+    base = cached(None, root / "base" / "scores.json", "base")
+    runs = {}
+    for folder in (Path(r) for r in a.runs):
+        for run_dir in sorted(d for d in folder.iterdir() if (d / "pytorch_lora_weights.safetensors").exists()):
+            scores = cached(run_dir, run_dir / "scores.json", run_dir.name)
+            if scores is not None:
+                runs[run_dir.name] = (json.loads((run_dir / "run.json").read_text()), scores)
+    if a.table and base is not None:
+        print(f"\nToy world, {a.pairs} walks x 11 frames, {a.steps} DDIM steps, guidance 4; "
+              "changes paired walk by walk (s.e. in brackets)\n")
+        print(table(base, runs))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
