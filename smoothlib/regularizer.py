@@ -330,3 +330,31 @@ class StepVariationRegularizer(torch.nn.Module):
         return (f"decay={self.decay}, every={self.every}, sub_batch={self.sub_batch}, "
                 f"sync={self.sync}, estimator={self.estimator!r}, h={self.h}, t_buckets={self.t_buckets}, "
                 f"a={self.a.tolist()}, step={int(self.step)}")
+
+
+def variation_at(unet, scheduler, x_0: Tensor, encoder_hidden_states: Tensor, t: Tensor,
+                 generator: torch.Generator | None = None) -> Tensor:
+    """Measure r (the exact estimator) for clean samples ``x_0`` [B, C, H, W] at timesteps ``t`` [B]: [B], detached.
+
+    One fresh eps and direction y per sample from ``generator``; the same r that
+    training penalises, without updating any running mean. For plots of r over t
+    and for comparing models (the scale fact: r grows with (1 - alpha_bar_t) / sqrt(alpha_bar_t)).
+    """
+    from .attention import double_backward_attention
+    from .prediction import prediction_type_of, x0_and_eps
+
+    t = torch.as_tensor(t, device=x_0.device).long().reshape(-1)
+    if t.shape[0] != x_0.shape[0]:
+        raise ValueError(f"{t.shape[0]} timesteps for {x_0.shape[0]} samples")
+    device = generator.device if generator is not None else x_0.device
+    abar = scheduler.alphas_cumprod.to(x_0.device)[t].to(x_0.dtype)
+    a = abar.reshape(-1, *([1] * (x_0.ndim - 1)))
+    with torch.enable_grad():
+        eps = torch.randn(x_0.shape, generator=generator, device=device, dtype=x_0.dtype).to(x_0.device)
+        eps.requires_grad_()
+        x_t = a.sqrt() * x_0 + (1 - a).sqrt() * eps
+        with double_backward_attention(unet):
+            out = unet(x_t, t, encoder_hidden_states=encoder_hidden_states).sample
+        x0_hat = x0_and_eps(out, x_t, abar, prediction_type_of(scheduler))[0]
+        y = StepVariationRegularizer().draw_y(x0_hat, abar, generator)
+        return step_variation(x0_hat, eps, y).detach()

@@ -58,8 +58,14 @@ _WORDS = ("a", "an", "the", "handwritten", "digit", "picture", "of", "number", "
 
 
 def data_dir() -> Path:
-    """The folder that holds the shipped weights (``data/`` next to the package)."""
-    return Path(__file__).resolve().parents[1] / "data"
+    """The folder that holds the shipped weights: ``$SMOOTHLIB_DATA``, else ``data/`` of the checkout.
+
+    The weights live in the repository, not in the installed package: install from a
+    clone (``pip install -e .``), as the notebooks' Colab setup cell does.
+    """
+    import os
+
+    return Path(os.environ.get("SMOOTHLIB_DATA") or Path(__file__).resolve().parents[1] / "data")
 
 
 # --------------------------------------------------------------------------- prompts
