@@ -82,8 +82,8 @@ def main() -> None:
         size, lam = a.one.split(",")
         print(json.dumps(one(int(size), a.batch, float(lam), a.device, a.dtype)))
         return
-    print(f"| latent | batch | dtype | plain s | plain GB | regularized s | regularized GB | memory ratio |")
-    print(f"|---|---|---|---|---|---|---|---|")
+    print("| latent | batch | dtype | plain s | plain GB | regularized s | regularized GB | memory ratio |")
+    print("|---|---|---|---|---|---|---|---|")
     for size in a.sizes:
         rows = {}
         for lam in (0.0, 1.0):

@@ -56,7 +56,7 @@ digit model in `data/toy/`, trained by smoothlib's trainer {what}.
 Load it with `smoothlib.load_smooth_lora(world.unet, "{path}")` (or
 `world.load_smooth_lora()` for the default one) or with diffusers'
 `pipe.load_lora_weights`. `history.jsonl` holds every 10th step's training log
-(L_mse, L_reg, mean r, a). Measured scores, if any: `scores.json`
+(L_mse, L_reg, mean r, a). Measured scores, if any: `scores_*.json`
 (`scripts/toy_table.py`).
 """
 
@@ -71,8 +71,8 @@ def ship(names: list[str], runs: Path, data: Path) -> None:
         dst.mkdir(parents=True, exist_ok=True)
         shutil.copy(src / "pytorch_lora_weights.safetensors", dst / "pytorch_lora_weights.safetensors")
         (dst / "run.json").write_text(json.dumps(run, indent=1) + "\n")
-        if (src / "scores.json").exists():
-            shutil.copy(src / "scores.json", dst / "scores.json")
+        for scores in src.glob("scores_*.json"):
+            shutil.copy(scores, dst / scores.name)
         lines = (src / "history.jsonl").read_text().splitlines()
         (dst / "history.jsonl").write_text("\n".join(lines[9::10]) + "\n")
         smooth = run["lambda_reg"] > 0

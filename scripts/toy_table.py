@@ -7,7 +7,7 @@ Models: the base (``base``) and every LoRA run folder under ``--runs`` written b
 ``scripts/make_toy_lora.py`` (or a folder such as ``data/toy_lora`` holding shipped
 LoRAs with their ``run.json``). Each model is scored once on the shared items
 (:mod:`smoothlib.toy_eval`: 100 walks = 10 digits x 10 seeds, 11 slerp frames,
-50 DDIM steps, guidance 4) and its scores are cached in ``<run>/scores.json``.
+50 DDIM steps, guidance 4) and its scores are cached in ``<run>/scores_<P>walks_<S>steps.json``.
 Rows with the same lambda, estimator and lazy interval are grouped over seeds;
 changes are paired walk by walk, against the base and against the lambda = 0
 control (the mean of its seeds' per-walk scores).
@@ -104,20 +104,20 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
 
+    cache_name = f"scores_{a.pairs}walks_{a.steps}steps.json"
+
     def cached(folder: Path | None, cache: Path, name: str):
-        wanted = a.only is None or name in a.only
         if cache.exists() and not a.remeasure:
-            record = json.loads(cache.read_text())
-            if record["num_pairs"] == a.pairs and record["num_steps"] == a.steps:
-                return record
+            return json.loads(cache.read_text())
+        wanted = a.only is None or name in a.only
         return measure(folder, cache, a.pairs, a.steps, a.progress) if wanted else None
 
     root = Path(a.runs[0])
-    base = cached(None, root / "base" / "scores.json", "base")
+    base = cached(None, root / "base" / cache_name, "base")
     runs = {}
     for folder in (Path(r) for r in a.runs):
         for run_dir in sorted(d for d in folder.iterdir() if (d / "pytorch_lora_weights.safetensors").exists()):
-            scores = cached(run_dir, run_dir / "scores.json", run_dir.name)
+            scores = cached(run_dir, run_dir / cache_name, run_dir.name)
             if scores is not None:
                 runs[run_dir.name] = (json.loads((run_dir / "run.json").read_text()), scores)
     if a.table and base is not None:

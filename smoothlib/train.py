@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -154,8 +153,8 @@ def _validate(accelerator, cfg, world, step):
         x_0 = ddim_sample(world.unet, world.scheduler, x_T, cond, uncond, cfg.validation_guidance,
                           cfg.validation_num_steps, progress=False)
     images = world.decode(x_0)
-    path = save_grid(images, Path(cfg.output_dir) / "validation" / f"step-{step:08d}.png",
-                     nrow=len(cfg.validation_prompts), scale=max(1, 128 // images.shape[-1]))
+    save_grid(images, Path(cfg.output_dir) / "validation" / f"step-{step:08d}.png",
+               nrow=len(cfg.validation_prompts), scale=max(1, 128 // images.shape[-1]))
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
             tracker.writer.add_images("validation", images, step)

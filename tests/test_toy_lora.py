@@ -1,0 +1,49 @@
+"""The toy world's shipped LoRAs: present, checksummed, loadable, switchable, and smoother than the base."""
+import hashlib
+import json
+
+import pytest
+import torch
+
+import smoothlib as sl
+from smoothlib import toy
+from smoothlib.toy_eval import smoothness_and_quality
+
+
+def test_shipped_loras_are_listed_in_the_checksums():
+    sums = dict(reversed(line.split("  ", 1)) for line in (toy.data_dir() / "SHA256SUMS").read_text().splitlines()
+                if line.strip())
+    for name in ("smooth", "control"):
+        path = toy.lora_path(name)
+        rel = path.relative_to(toy.data_dir()).as_posix()
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == sums[rel]
+        run = json.loads((path.parent / "run.json").read_text())
+        assert (run["lambda_reg"] > 0) == (name == "smooth")
+        assert (path.parent / "MODEL_CARD.md").read_text().startswith("# Toy")
+
+
+def test_unknown_toy_lora_names_the_shipped_ones():
+    with pytest.raises(FileNotFoundError, match="shipped"):
+        toy.lora_path("no-such-lora")
+
+
+def test_the_toy_world_loads_its_smooth_lora_with_on_off_and_strength():
+    world = sl.load_world("toy")
+    x = sl.seeded_noise(world, 0, 2)
+    cond = world.encode_prompt(sl.digit_prompt(4))
+    t = torch.tensor([500, 500])
+
+    def out():
+        return world.unet(x, t, encoder_hidden_states=cond.expand(2, -1, -1)).sample
+
+    base = out()
+    report = world.load_smooth_lora()
+    assert report.ranks == (8,) and report.layers > 0 and report.source.endswith("pytorch_lora_weights.safetensors")
+    smooth = out()
+    assert not torch.allclose(smooth, base, atol=1e-6)
+    with sl.lora_disabled(world.unet):
+        torch.testing.assert_close(out(), base)
+    sl.set_smooth_lora_strength(world.unet, 0.0)
+    torch.testing.assert_close(out(), base)
+    sl.set_smooth_lora_strength(world.unet, 1.0)
+    torch.testing.assert_close(out(), smooth)
