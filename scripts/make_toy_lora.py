@@ -71,7 +71,7 @@ def ship(names: list[str], runs: Path, data: Path) -> None:
         dst.mkdir(parents=True, exist_ok=True)
         shutil.copy(src / "pytorch_lora_weights.safetensors", dst / "pytorch_lora_weights.safetensors")
         (dst / "run.json").write_text(json.dumps(run, indent=1) + "\n")
-        for scores in src.glob("scores_*.json"):
+        for scores in src.glob("scores_100walks_*.json"):  # the miniature Table 1 protocol
             shutil.copy(scores, dst / scores.name)
         lines = (src / "history.jsonl").read_text().splitlines()
         (dst / "history.jsonl").write_text("\n".join(lines[9::10]) + "\n")

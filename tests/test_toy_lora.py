@@ -7,7 +7,6 @@ import torch
 
 import smoothlib as sl
 from smoothlib import toy
-from smoothlib.toy_eval import smoothness_and_quality
 
 
 def test_shipped_loras_are_listed_in_the_checksums():
