@@ -49,7 +49,7 @@ def lesson_settings(world, smoke: bool = False) -> LessonSettings:
         pick = torch.stack([threes[0], sevens[1]])
         return LessonSettings(prompt=digit_prompt(7), prompt_b=digit_prompt(1), prompt_variant=digit_prompt(7, 2),
                               guidance_scale=TOY_GUIDANCE,
-                              num_steps=steps, istd_pairs=4 if smoke else 20, images=images[pick],
+                              num_steps=steps, istd_pairs=4 if smoke else 10, images=images[pick],
                               captions=[digit_prompt(3), digit_prompt(7)], edit_source=digit_prompt(3),
                               edit_target=digit_prompt(8), labels=labels[pick].tolist())
     from skimage import data as samples
