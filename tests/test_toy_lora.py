@@ -46,3 +46,16 @@ def test_the_toy_world_loads_its_smooth_lora_with_on_off_and_strength():
     torch.testing.assert_close(out(), base)
     sl.set_smooth_lora_strength(world.unet, 1.0)
     torch.testing.assert_close(out(), smooth)
+
+
+@pytest.mark.parametrize("name", ["smooth", "control"])
+def test_shipped_scores_are_reproduced_by_the_shipped_weights(name):
+    """The README's miniature Table 1 comes from these weights: its first walks re-measure the same."""
+    from smoothlib.toy_eval import smoothness_and_quality
+
+    path = toy.lora_path(name)
+    shipped = json.loads((path.parent / "scores_100walks_25steps.json").read_text())
+    world = sl.load_world("toy")
+    sl.load_smooth_lora(world.unet, path)
+    scores = smoothness_and_quality(world, num_pairs=3, num_steps=25, progress=False)
+    assert scores.per_walk == pytest.approx(shipped["per_walk"][:3], rel=1e-3, abs=1e-4)
