@@ -15,7 +15,7 @@ from .inversion import (Inversion, ReconstructionReport, invert, null_text_inver
 from .metrics import (adjacent_distances, istd, istd_per_walk, lpips_distance, mse, pdv, ppl, psnr,
                       reconstruction_metrics, ssim)
 from .lora import (SMOOTH_LORA_REPO, LoraLoadError, LoraReport, attach_lora, attention_projections, load_smooth_lora,
-                   lora_disabled, lora_parameters, save_smooth_lora, set_smooth_lora_strength)
+                   lora_disabled, lora_enabled, lora_parameters, save_smooth_lora, set_smooth_lora_strength)
 from .prediction import predict_x0, training_target, x0_and_eps
 from .regularizer import ESTIMATORS, StepVariationRegularizer, default_step, finite_difference_variation, step_variation
 from .train_step import StepLosses, training_step
@@ -41,7 +41,7 @@ __all__ = [
     "frechet_distance", "prompt_adherence", "TOY_GUIDANCE", "digit_prompt", "load_toy_components",
     "ISTDResult", "etas", "image_walk", "istd_protocol", "noise_walk", "prompt_walk", "sample_frames", "seeded_noise",
     "SMOOTH_LORA_REPO", "LoraLoadError", "LoraReport", "attach_lora", "attention_projections", "load_smooth_lora",
-    "lora_disabled", "lora_parameters", "save_smooth_lora", "set_smooth_lora_strength",
+    "lora_disabled", "lora_enabled", "lora_parameters", "save_smooth_lora", "set_smooth_lora_strength",
     "HubAccessError", "World", "load_world",
     "predict_x0", "training_target", "x0_and_eps",
 ]

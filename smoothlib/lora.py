@@ -24,7 +24,7 @@ import json
 import logging
 import re
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,6 +144,15 @@ def lora_disabled(unet):
         if was_enabled:
             with _keep_requires_grad(unet):
                 unet.enable_adapters()
+
+
+def lora_enabled(unet, enabled: bool):
+    """Switch for side-by-side comparisons: ``with lora_enabled(world.unet, smooth):``.
+
+    ``enabled=False`` is :func:`lora_disabled` (the base model); ``True`` leaves the
+    adapters as they are (on, once a Smooth LoRA is loaded).
+    """
+    return nullcontext(unet) if enabled else lora_disabled(unet)
 
 
 # --------------------------------------------------------------------------- loading

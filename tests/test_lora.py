@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from smoothlib.lora import (LoraLoadError, attach_lora, attention_projections, load_smooth_lora,
-                            lora_disabled, lora_parameters, save_smooth_lora, set_smooth_lora_strength)
+                            lora_disabled, lora_enabled, lora_parameters, save_smooth_lora, set_smooth_lora_strength)
 from smoothlib.tiny import tiny_pipeline, tiny_unet
 from smoothlib.worlds import HubAccessError
 
@@ -145,6 +145,10 @@ def test_disable_enable_toggles(unet, release_file):
     with pytest.raises(RuntimeError, match="boom"), lora_disabled(unet):
         raise RuntimeError("boom")
     assert torch.equal(run(unet), lora_out)
+    with lora_enabled(unet, False):
+        assert torch.equal(run(unet), base_out)
+    with lora_enabled(unet, True):
+        assert torch.equal(run(unet), lora_out)
 
 
 # --------------------------------------------------------------------------- clear errors, UNet unchanged
