@@ -31,7 +31,7 @@ def main(argv=None) -> int:
 
     import smoothlib as sl
     from smoothlib.regularizer import variation_at
-    from smoothlib.toy import data_dir, digit_prompt, load_heldout_digits
+    from smoothlib.toy import data_dir, digit_prompt, load_heldout_digits, lora_path
 
     images, labels = load_heldout_digits()
     x_0 = images[:a.samples] * 2 - 1
@@ -40,8 +40,9 @@ def main(argv=None) -> int:
     for name in a.models:
         world = sl.load_world("toy")
         if name != "base":
-            folder = next(f for f in (data_dir() / "toy_lora" / name, Path("runs/toy_lora") / name) if f.exists())
-            sl.load_smooth_lora(world.unet, folder / "pytorch_lora_weights.safetensors")
+            run = Path("runs/toy_lora") / name / "pytorch_lora_weights.safetensors"
+            shipped = (data_dir() / "toy_lora" / name).exists() or not run.exists()
+            sl.load_smooth_lora(world.unet, lora_path(name) if shipped else run)  # lora_path names what is shipped
         cond = world.encode_prompt([digit_prompt(int(d)) for d in labels[:a.samples]])
         g = torch.Generator().manual_seed(0)
         cells = []

@@ -34,8 +34,6 @@ class LessonSettings:
     edit_target: str
     """Editing: the caption of ``images[edit_image]`` and what to turn it into."""
     edit_image: int = 0
-    labels: list[int] | None = None
-    """Toy world: the digits of ``images`` (for the classifier)."""
 
 
 def lesson_settings(world, smoke: bool = False) -> LessonSettings:
@@ -51,7 +49,7 @@ def lesson_settings(world, smoke: bool = False) -> LessonSettings:
                               guidance_scale=TOY_GUIDANCE,
                               num_steps=steps, istd_pairs=4 if smoke else 10, images=images[pick],
                               captions=[digit_prompt(3), digit_prompt(7)], edit_source=digit_prompt(3),
-                              edit_target=digit_prompt(8), labels=labels[pick].tolist())
+                              edit_target=digit_prompt(8))
     from skimage import data as samples
 
     from .images import load_images

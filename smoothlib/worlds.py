@@ -29,11 +29,10 @@ import torch
 from .device import resolve
 
 SHORT_NAMES = {"sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5"}
+"""Short world names and the Hub repository each stands for."""
 SMOOTH_LORA_REPO = "shi-labs/smooth-diffusion-lora"
 """The released Smooth LoRA for SD 1.5 (Guo et al. 2024)."""
-"""Short world names and the Hub repository each stands for."""
 
-BUNDLED_WORLDS = ("toy", "auto")
 logger = logging.getLogger(__name__)
 
 _COMPONENTS = ("unet", "vae", "text_encoder")
