@@ -81,7 +81,8 @@ def ship(names: list[str], runs: Path, data: Path) -> None:
             what="with the Step-wise Variation Regularization (Guo et al., CVPR 2024)" if smooth
             else "with the plain denoising loss only: the control for the Smooth LoRAs",
             lazy=(f", lazy every {run['reg_every']} steps" if run["reg_every"] > 1 else "")
-            + (f", one running mean per {1000 // run['t_buckets']} timesteps" if run.get("t_buckets", 1) > 1 else ""),
+            + (f", one running mean per {1000 // run['t_buckets']} timesteps" if run.get("t_buckets", 1) > 1 else "")
+            + (", relative penalty ((r - a) / a)^2" if run.get("relative") else ""),
             wall_min=run["wall_s"] / 60, path=f"data/toy_lora/{name}", **{k: v for k, v in run.items() if k != "name"}))
         print(f"shipped {dst}")
     write_checksums(data)
@@ -96,6 +97,8 @@ def main(argv=None) -> int:
     p.add_argument("--estimator", default="exact", choices=("exact", "finite_difference"))
     p.add_argument("--reg-every", type=int, default=1)
     p.add_argument("--t-buckets", type=int, default=1, help="running means of r: 1 (the release) or one per T/K steps")
+    p.add_argument("--relative", action="store_true",
+                   help="with --t-buckets: penalise ((r - a) / a)^2 so every range of t weighs the same")
     p.add_argument("--steps", type=int, default=RECIPE["max_train_steps"])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", default=str(ROOT / "runs" / "toy_lora"))
@@ -113,11 +116,12 @@ def main(argv=None) -> int:
 
     out = Path(a.runs) / a.name
     cfg = TrainConfig(**{**RECIPE, "max_train_steps": a.steps}, lambda_reg=a.lambda_reg, seed=a.seed,
-                      estimator=a.estimator, reg_every=a.reg_every, reg_t_buckets=a.t_buckets, output_dir=str(out),
+                      estimator=a.estimator, reg_every=a.reg_every, reg_t_buckets=a.t_buckets, reg_relative=a.relative, output_dir=str(out),
                       resume="latest" if a.resume else None)
     result = train(cfg)
     record = {"name": a.name, "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
               "lambda_reg": a.lambda_reg, "seed": a.seed, "estimator": a.estimator, "reg_every": a.reg_every, "t_buckets": a.t_buckets,
+              "relative": a.relative,
               "steps": result.global_step, "wall_s": round(result.seconds, 1), "threads": a.threads,
               "torch": torch.__version__, "machine": platform.machine(),
               "final_a": result.history[-1]["a"] if result.history else None,

@@ -45,16 +45,17 @@ def measure(folder: Path | None, cache: Path, pairs: int, steps: int, progress: 
 
 
 def group_key(run: dict) -> tuple:
-    return (run.get("lambda_reg", 0.0), run.get("estimator", "exact"), run.get("reg_every", 1), run.get("t_buckets", 1))
+    return (run.get("lambda_reg", 0.0), run.get("estimator", "exact"), run.get("reg_every", 1), run.get("t_buckets", 1),
+            run.get("relative", False))
 
 
 def label(key: tuple) -> str:
-    lam, est, every, buckets = key
+    lam, est, every, buckets, relative = key
     if lam == 0:
         return "+ LoRA, lambda = 0 (control)"
     name = "exact" if est == "exact" else "first-order"
     return (f"+ Smooth LoRA, lambda = {lam:g}, {name}" + (f", lazy k = {every}" if every > 1 else "")
-            + (f", a per t range ({buckets})" if buckets > 1 else ""))
+            + (f", a per t range ({buckets})" if buckets > 1 else "") + (", relative" if relative else ""))
 
 
 def mean_walks(records: list[dict]) -> list[float]:
@@ -67,13 +68,13 @@ def table(base: dict, runs: dict[str, tuple[dict, dict]]) -> str:
     groups = defaultdict(list)
     for name, (run, scores) in sorted(runs.items()):
         groups[group_key(run)].append((name, run, scores))
-    control_key = (0.0, "exact", 1, 1)
+    control_key = (0.0, "exact", 1, 1, False)
     control = mean_walks([s for _, _, s in groups[control_key]]) if control_key in groups else None
     lines = ["| model | seeds | ISTD (per seed) | vs base | vs control | adherence | Frechet | train wall |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |",
              f"| base | | {base['istd']:.4f} (s.e. {base['istd_stderr']:.4f}) | | | {base['adherence']:.3f} | "
              f"{base['frechet']:.1f} | |"]
-    for key in sorted(groups, key=lambda k: (k[0] != 0, k[1] != "exact", k[2], k[3], k[0])):
+    for key in sorted(groups, key=lambda k: (k[0] != 0, k[1] != "exact", k[2], k[3], k[4], k[0])):
         members = groups[key]
         walks = mean_walks([s for _, _, s in members])
         seeds = ", ".join(str(run.get("seed")) for _, run, _ in members)

@@ -49,6 +49,8 @@ class TrainConfig:
     """Finite-difference step, relative: the shift of x_t has norm h ||x_t||. None: sqrt(machine epsilon) of the compute dtype (3.5e-4 fp32, 0.031 fp16, 0.088 bf16)."""
     reg_t_buckets: int = 1
     """Running means of r: 1 (the release: one a for all t) or K, one per range of T/K timesteps."""
+    reg_relative: bool = False
+    """With reg_t_buckets > 1: penalise ((r - a) / a)^2, so every range of t weighs the same (not the release)."""
     noise_offset: float = 0.0
 
     # -- optimisation
@@ -106,6 +108,8 @@ class TrainConfig:
             if self.estimator != "finite_difference":
                 raise ValueError("regularizer_h is the finite-difference step: set estimator='finite_difference' "
                                  "or leave regularizer_h unset")
+        if self.reg_relative and self.reg_t_buckets == 1:
+            raise ValueError("reg_relative needs reg_t_buckets > 1: it weighs the ranges of t equally")
         if not 0 <= self.caption_dropout < 1:
             raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
 

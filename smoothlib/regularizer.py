@@ -36,7 +36,12 @@ keeps its own a_b (started at its first batch mean instead of 0) and
     L_reg = mean((r_i - a_{b(t_i)})^2),
 
 which is StyleGAN2's path-length idea applied step by step: equal variation for
-every noise at the same t.
+every noise at the same t. Even then the noisy end dominates the sum, since
+(r - a_b)^2 grows with a_b^2 and a_b spans orders of magnitude over t. With
+``relative=True`` every range counts the same, through the squared relative
+deviation (the running mean in the denominator is detached):
+
+    L_reg = mean(((r_i - a_{b(t_i)}) / a_{b(t_i)})^2).
 
 A first-order estimator (``estimator="finite_difference"``) measures the
 forward variation that the paper's goal is about, ||delta x0_hat|| for a small
@@ -168,12 +173,18 @@ class StepVariationRegularizer(torch.nn.Module):
     * ``t_buckets`` (K = 1, the release): K > 1 keeps one running mean per range
       of T / K timesteps (``a`` of shape [K]; each started at its first batch
       mean); then :meth:`penalty` needs the samples' t.
+    * ``relative`` (False): with ``t_buckets`` > 1, divide each r - a_b by a_b,
+      so that every range of t weighs the same instead of the noisy end.
     """
 
     def __init__(self, decay: float = 0.01, every: int = 1, sub_batch: int | None = None,
                  sync: bool = True, estimator: str = "exact", h: float | None = None,
-                 t_buckets: int = 1, num_train_timesteps: int = 1000):
+                 t_buckets: int = 1, num_train_timesteps: int = 1000, relative: bool = False):
         super().__init__()
+        if relative and t_buckets == 1:
+            raise ValueError("relative=True weighs the ranges of t equally, so it needs t_buckets > 1 (with one "
+                             "running mean it only rescales lambda, and the release's a starts at 0)")
+        self.relative = bool(relative)
         if int(t_buckets) != t_buckets or not 1 <= t_buckets <= num_train_timesteps:
             raise ValueError(f"t_buckets must be an integer in [1, {num_train_timesteps}], got {t_buckets}")
         self.t_buckets, self.num_train_timesteps = int(t_buckets), int(num_train_timesteps)
@@ -291,7 +302,10 @@ class StepVariationRegularizer(torch.nn.Module):
         a = self.a.to(r.dtype)
         fresh = present & ~self.seen
         a_new = torch.where(fresh, mean, torch.where(present, a + self.decay * (mean - a), a))
-        penalty = (r - a_new[b]).pow(2).mean()
+        deviation = r - a_new[b]
+        if self.relative:
+            deviation = deviation / a_new[b].detach().clamp_min(torch.finfo(r.dtype).tiny)
+        penalty = deviation.pow(2).mean()
         self.a.copy_(a_new.detach())
         self.seen |= present
         return penalty

@@ -209,7 +209,7 @@ def train(cfg: TrainConfig, world=None, dataset=None) -> TrainResult:
     optimizer, loader = accelerator.prepare(optimizer, loader)
     regularizer = StepVariationRegularizer(every=cfg.reg_every, sub_batch=cfg.reg_sub_batch,
                                            sync=cfg.sync_running_mean, estimator=cfg.estimator,
-                                           h=cfg.regularizer_h, t_buckets=cfg.reg_t_buckets,
+                                           h=cfg.regularizer_h, t_buckets=cfg.reg_t_buckets, relative=cfg.reg_relative,
                                            num_train_timesteps=world.scheduler.config.num_train_timesteps,
                                            ).to(accelerator.device)
     if cfg.report_to:

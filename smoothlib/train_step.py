@@ -85,7 +85,8 @@ def training_step(unet, x_0: Tensor, encoder_hidden_states: Tensor, scheduler,
     5. x0_hat from the output (regularized samples) [and from the shifted output];
     6. r = || d <x0_hat, y> / d eps ||  (:func:`smoothlib.regularizer.step_variation`)
        [r = || x0_hat_shifted - x0_hat || / s, :func:`~smoothlib.regularizer.finite_difference_variation`];
-    7. a <- a + 0.01 (mean(r) - a);  L_reg = mean((r - a)^2)  (a per t range with ``t_buckets``);
+    7. a <- a + 0.01 (mean(r) - a);  L_reg = mean((r - a)^2)  (a per t range with ``t_buckets``;
+       ((r - a) / a)^2 with ``relative``);
     8. L = L_mse + lambda * k * L_reg  (k = the lazy interval, 1 by default).
     """
     if lambda_reg < 0:

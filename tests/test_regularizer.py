@@ -246,6 +246,24 @@ def test_running_mean_per_t_range_matches_a_hand_computation():
     assert torch.equal(fresh.a, reg.a) and torch.equal(fresh.seen, reg.seen)
 
 
+def test_relative_penalty_per_t_range_matches_a_hand_computation():
+    reg = StepVariationRegularizer(t_buckets=2, num_train_timesteps=1000, relative=True)
+    r = torch.tensor([1.0, 3.0, 10.0, 30.0], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([10, 200, 700, 900])  # buckets 0, 0, 1, 1: means 2 and 20
+    penalty = reg.penalty(r, t)
+    # ((1-2)/2)^2 = ((3-2)/2)^2 = ((10-20)/20)^2 = ((30-20)/20)^2 = 0.25: both ranges weigh the same
+    assert penalty.item() == pytest.approx(0.25)
+    absolute = StepVariationRegularizer(t_buckets=2, num_train_timesteps=1000).penalty(r, t)
+    assert absolute.item() == pytest.approx((1 + 1 + 100 + 100) / 4)
+    # the denominator is detached: d/dr_0 of mean(((r - a) / a)^2) with a = mean of its bucket
+    (grad,) = torch.autograd.grad(penalty, r)
+    a0 = 2.0
+    expected = 2 * ((1 - a0) / a0) * (1 - 0.5) / a0 / 4 + 2 * ((3 - a0) / a0) * (-0.5) / a0 / 4
+    assert grad[0].item() == pytest.approx(expected)
+    with pytest.raises(ValueError, match="t_buckets > 1"):
+        StepVariationRegularizer(relative=True)
+
+
 def test_running_mean_per_t_range_needs_t():
     reg = StepVariationRegularizer(t_buckets=2)
     with pytest.raises(ValueError, match="timesteps t"):

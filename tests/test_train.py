@@ -51,12 +51,12 @@ def lora_of(run: Path):
     return load_file(run / "final" / "pytorch_lora_weights.safetensors")
 
 
-@pytest.mark.parametrize("buckets", [1, 4])
-def test_resume_equals_an_uninterrupted_run(tmp_path, buckets):
-    straight = train(config(tmp_path, output_dir=str(tmp_path / "a"), reg_t_buckets=buckets), world=tiny_world())
-    train(config(tmp_path, output_dir=str(tmp_path / "b"), max_train_steps=2, reg_t_buckets=buckets), world=tiny_world())
-    resumed = train(config(tmp_path, output_dir=str(tmp_path / "b"), resume="latest", reg_t_buckets=buckets),
-                    world=tiny_world())
+@pytest.mark.parametrize("buckets, relative", [(1, False), (4, False), (4, True)])
+def test_resume_equals_an_uninterrupted_run(tmp_path, buckets, relative):
+    reg = {"reg_t_buckets": buckets, "reg_relative": relative}
+    straight = train(config(tmp_path, output_dir=str(tmp_path / "a"), **reg), world=tiny_world())
+    train(config(tmp_path, output_dir=str(tmp_path / "b"), max_train_steps=2, **reg), world=tiny_world())
+    resumed = train(config(tmp_path, output_dir=str(tmp_path / "b"), resume="latest", **reg), world=tiny_world())
     a, b = lora_of(tmp_path / "a"), lora_of(tmp_path / "b")
     assert a.keys() == b.keys()
     # same operations in the same order: equal to float32 rounding (the tolerance allows reordered reductions)
@@ -154,6 +154,8 @@ def test_bad_config_values():
         TrainConfig(reg_every=0)
     with pytest.raises(ValueError, match="mixed_precision"):
         TrainConfig(mixed_precision="fp8")
+    with pytest.raises(ValueError, match="reg_relative needs reg_t_buckets > 1"):
+        TrainConfig(reg_relative=True)
 
 
 @pytest.mark.slow
