@@ -3,6 +3,7 @@
     python benchmarks/regularizer_cost.py            # cost table, then r over t
     python benchmarks/regularizer_cost.py --quick    # fewer repeats
     OMP_NUM_THREADS=1 python benchmarks/regularizer_cost.py --repeats 5 --no-r   # the docs' table
+    OMP_NUM_THREADS=1 python benchmarks/regularizer_cost.py --repeats 5 --no-r --models data/toy   # the shipped toy UNet only
 
 Cost: one training step (``smoothlib.training_step`` + ``loss.backward()`` +
 AdamW step on rank-8 LoRA weights) for each setting, as a ratio to the plain
@@ -68,6 +69,15 @@ def toy_unet():
     )
 
 
+def toy_world_unet():
+    """The toy world's shipped UNet (``data/toy/unet``, trained weights): what ``make_toy_lora.py`` trains on."""
+    from diffusers import UNet2DConditionModel
+
+    from smoothlib.toy import data_dir
+
+    return UNet2DConditionModel.from_pretrained(data_dir() / "toy" / "unet")
+
+
 def with_lora(unet):
     unet.requires_grad_(False)
     unet.add_adapter(LORA)
@@ -78,6 +88,7 @@ MODELS = {
     # name: (UNet factory, latent shape [C, H, W], batch size)
     "tiny SD UNet, 4x32x32 latents, batch 2": (lambda: tiny_unet(sample_size=32), (4, 32, 32), 2),
     "toy UNet, 1x16x16 pixels, batch 16": (toy_unet, (1, 16, 16), 16),
+    "toy world UNet (data/toy), 1x16x16 pixels, batch 16": (toy_world_unet, (1, 16, 16), 16),
 }
 
 FD = "finite_difference"
@@ -104,7 +115,7 @@ def make_step(unet, shape, B, lam, reg, math_attention=False, checkpointing=Fals
     opt = torch.optim.AdamW(params, lr=1e-4)
     g = torch.Generator().manual_seed(seed)
     x0 = torch.randn(B, *shape, generator=g).to(device)
-    cond = torch.randn(B, 8, 32, generator=g).to(device)
+    cond = torch.randn(B, 8, unet.config.cross_attention_dim, generator=g).to(device)
     sch = tiny_scheduler()
 
     def step():
@@ -182,8 +193,8 @@ def peak_memory(fn, n, device):
     return tracker.peak, cuda_peak
 
 
-def cost_table(repeats: int, device: torch.device):
-    for model_name, (factory, shape, B) in MODELS.items():
+def cost_table(repeats: int, device: torch.device, models: dict):
+    for model_name, (factory, shape, B) in models.items():
         unet = with_lora(factory()).to(device)
         n_params = sum(p.numel() for p in unet.parameters())
         steps = {name: (make_step(unet, shape, B, lam, make_reg(B), math, ckpt), k)
@@ -210,12 +221,12 @@ def cost_table(repeats: int, device: torch.device):
             print(row)
 
 
-def r_over_t(device: torch.device, per_bucket: int = 48, batch: int = 16):
+def r_over_t(device: torch.device, models: dict, per_bucket: int = 48, batch: int = 16):
     """Mean r in t buckets [0, 333), [333, 666), [666, 1000), with the prefactor (1 - abar)/sqrt(abar)."""
     sch = tiny_scheduler()
     abar_table = sch.alphas_cumprod.to(device)
     buckets = [(0, 333), (333, 666), (666, 1000)]
-    for model_name, (factory, shape, _) in MODELS.items():
+    for model_name, (factory, shape, _) in models.items():
         unet = with_lora(factory()).to(device)
         reg = StepVariationRegularizer()
         g = torch.Generator().manual_seed(0)
@@ -233,7 +244,8 @@ def r_over_t(device: torch.device, per_bucket: int = 48, batch: int = 16):
                 a = abar.reshape(-1, 1, 1, 1)
                 x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
                 with double_backward_attention(unet):
-                    out = unet(x_t, t, encoder_hidden_states=torch.randn(batch, 8, 32, generator=g).to(device)).sample
+                    out = unet(x_t, t, encoder_hidden_states=torch.randn(batch, 8, unet.config.cross_attention_dim,
+                                                                   generator=g).to(device)).sample
                 x0_hat = x0_and_eps(out, x_t, abar)[0]
                 r = step_variation(x0_hat, eps, reg.draw_y(x0_hat, abar, g)).detach()
                 rs.append(r)
@@ -249,14 +261,19 @@ def main():
     parser.add_argument("--quick", action="store_true", help="3 repeats, fewer r samples")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-r", action="store_true", help="skip the r-over-t table")
+    parser.add_argument("--models", nargs="+", metavar="WORD", help="only the models whose name contains one "
+                        f"of these words (names: {'; '.join(MODELS)})")
     args = parser.parse_args()
+    models = {n: m for n, m in MODELS.items() if not args.models or any(w in n for w in args.models)}
+    if not models:
+        parser.error(f"no model name contains {args.models}; names: {'; '.join(MODELS)}")
     device = torch.device(args.device)
     repeats = 3 if args.quick else args.repeats
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print(f"torch {torch.__version__}, device {device} ({name}), {torch.get_num_threads()} threads")
-    cost_table(repeats, device)
+    cost_table(repeats, device, models)
     if not args.no_r:
-        r_over_t(device, per_bucket=16 if args.quick else 48)
+        r_over_t(device, models, per_bucket=16 if args.quick else 48)
 
 
 if __name__ == "__main__":

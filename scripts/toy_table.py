@@ -7,7 +7,8 @@ Models: the base (``base``) and every LoRA run folder under ``--runs`` written b
 ``scripts/make_toy_lora.py`` (or a folder such as ``data/toy_lora`` holding shipped
 LoRAs with their ``run.json``). Each model is scored once on the shared items
 (:mod:`smoothlib.toy_eval`: 100 walks = 10 digits x 10 seeds, 11 slerp frames,
-25 DDIM steps by default (the paper uses 50), guidance 4) and its scores are cached in ``<run>/scores_<P>walks_<S>steps.json``.
+25 DDIM steps by default (the paper uses 50), guidance 4) and its scores are cached in
+``<run>/scores_<P>walks_<S>steps.json`` (``..._g<G>.json`` with another ``--guidance``).
 Rows with the same lambda, estimator and lazy interval are grouped over seeds;
 changes are paired walk by walk, against the base and against the lambda = 0
 control (the mean of its seeds' per-walk scores).
@@ -27,8 +28,10 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
+from smoothlib.toy import TOY_GUIDANCE  # noqa: E402
 
-def measure(folder: Path | None, cache: Path, pairs: int, steps: int, progress: bool) -> dict:
+
+def measure(folder: Path | None, cache: Path, pairs: int, steps: int, guidance: float, progress: bool) -> dict:
     import smoothlib as sl
     from smoothlib.toy_eval import smoothness_and_quality
 
@@ -36,7 +39,8 @@ def measure(folder: Path | None, cache: Path, pairs: int, steps: int, progress: 
     if folder is not None:
         sl.load_smooth_lora(world.unet, folder / "pytorch_lora_weights.safetensors")
     start = time.perf_counter()
-    scores = smoothness_and_quality(world, num_pairs=pairs, num_steps=steps, progress=progress)
+    scores = smoothness_and_quality(world, num_pairs=pairs, num_steps=steps, guidance_scale=guidance,
+                                    progress=progress)
     record = {**scores.to_dict(), "eval_wall_s": round(time.perf_counter() - start, 1)}
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(record))
@@ -98,6 +102,8 @@ def main(argv=None) -> int:
     p.add_argument("--only", nargs="*", default=None, help="measure only these models (names, 'base')")
     p.add_argument("--pairs", type=int, default=100)
     p.add_argument("--steps", type=int, default=25, help="DDIM steps (the paper: 50; 25 halves the CPU time)")
+    p.add_argument("--guidance", type=float, default=TOY_GUIDANCE,
+                   help=f"classifier-free guidance scale of the walks (default {TOY_GUIDANCE:g}, the toy's default)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--remeasure", action="store_true", help="ignore cached scores")
     p.add_argument("--table", action=argparse.BooleanOptionalAction, default=True)
@@ -105,13 +111,14 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
 
-    cache_name = f"scores_{a.pairs}walks_{a.steps}steps.json"
+    guidance_tag = "" if a.guidance == TOY_GUIDANCE else f"_g{a.guidance:g}"
+    cache_name = f"scores_{a.pairs}walks_{a.steps}steps{guidance_tag}.json"
 
     def cached(folder: Path | None, cache: Path, name: str):
         if cache.exists() and not a.remeasure:
             return json.loads(cache.read_text())
         wanted = a.only is None or name in a.only
-        return measure(folder, cache, a.pairs, a.steps, a.progress) if wanted else None
+        return measure(folder, cache, a.pairs, a.steps, a.guidance, a.progress) if wanted else None
 
     root = Path(a.runs[0])
     base = cached(None, root / "base" / cache_name, "base")
@@ -122,7 +129,7 @@ def main(argv=None) -> int:
             if scores is not None:
                 runs[run_dir.name] = (json.loads((run_dir / "run.json").read_text()), scores)
     if a.table and base is not None:
-        print(f"\nToy world, {a.pairs} walks x 11 frames, {a.steps} DDIM steps, guidance 4; "
+        print(f"\nToy world, {a.pairs} walks x 11 frames, {a.steps} DDIM steps, guidance {a.guidance:g}; "
               "changes paired walk by walk (s.e. in brackets)\n")
         print(table(base, runs))
     return 0
