@@ -9,7 +9,9 @@ LoRAs with their ``run.json``). Each model is scored once on the shared items
 (:mod:`smoothlib.toy_eval`: 100 walks = 10 digits x 10 seeds, 11 slerp frames,
 25 DDIM steps by default (the paper uses 50), guidance 4) and its scores are cached in
 ``<run>/scores_<P>walks_<S>steps.json`` (``..._g<G>.json`` with another ``--guidance``).
-Rows with the same lambda, estimator and lazy interval are grouped over seeds;
+"step / ends": the walks' mean adjacent distance and mean end-to-end distance (a lower
+ISTD from walks that merely shrank is not smoothness; "-" for scores cached before these
+were recorded). Rows with the same lambda, estimator and lazy interval are grouped over seeds;
 changes are paired walk by walk, against the base and against the lambda = 0
 control (the mean of its seeds' per-walk scores).
 """
@@ -66,6 +68,14 @@ def mean_walks(records: list[dict]) -> list[float]:
     return torch.tensor([r["per_walk"] for r in records], dtype=torch.float64).mean(0).tolist()
 
 
+def walk_scale(records: list[dict]) -> str:
+    """Mean adjacent distance / mean end-to-end distance, or a dash for scores cached before they were recorded."""
+    if any(r.get("mean_step") is None for r in records):
+        return "-"
+    step = sum(r["mean_step"] for r in records) / len(records)
+    return f"{step:.2f} / {sum(r['end_distance'] for r in records) / len(records):.2f}"
+
+
 def table(base: dict, runs: dict[str, tuple[dict, dict]]) -> str:
     from smoothlib.toy_eval import paired_change
 
@@ -74,10 +84,10 @@ def table(base: dict, runs: dict[str, tuple[dict, dict]]) -> str:
         groups[group_key(run)].append((name, run, scores))
     control_key = (0.0, "exact", 1, 1, False)
     control = mean_walks([s for _, _, s in groups[control_key]]) if control_key in groups else None
-    lines = ["| model | seeds | ISTD (per seed) | vs base | vs control | adherence | Frechet | train wall |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |",
-             f"| base | | {base['istd']:.4f} (s.e. {base['istd_stderr']:.4f}) | | | {base['adherence']:.3f} | "
-             f"{base['frechet']:.1f} | |"]
+    lines = ["| model | seeds | ISTD (per seed) | vs base | vs control | step / ends | adherence | Frechet | train wall |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+             f"| base | | {base['istd']:.4f} (s.e. {base['istd_stderr']:.4f}) | | | {walk_scale([base])} | "
+             f"{base['adherence']:.3f} | {base['frechet']:.1f} | |"]
     for key in sorted(groups, key=lambda k: (k[0] != 0, k[1] != "exact", k[2], k[3], k[4], k[0])):
         members = groups[key]
         walks = mean_walks([s for _, _, s in members])
@@ -92,7 +102,8 @@ def table(base: dict, runs: dict[str, tuple[dict, dict]]) -> str:
         fre = sum(s["frechet"] for _, _, s in members) / len(members)
         wall = sum(run.get("wall_s", 0) for _, run, _ in members) / len(members) / 60
         lines.append(f"| {label(key)} | {seeds} | {sum(walks) / len(walks):.4f} ({per_seed}) | "
-                     f"{100 * vb:+.1f} % ({100 * vb_se:.1f}) | {vc} | {adh:.3f} | {fre:.1f} | {wall:.0f} min |")
+                     f"{100 * vb:+.1f} % ({100 * vb_se:.1f}) | {vc} | {walk_scale([s for _, _, s in members])} | "
+                     f"{adh:.3f} | {fre:.1f} | {wall:.0f} min |")
     return "\n".join(lines)
 
 

@@ -9,7 +9,11 @@ any model loaded in the toy world (the base, or the base with a LoRA):
 2. the ISTD protocol (:func:`smoothlib.walks.istd_protocol`, SPEC section 5): two seeded
    noises per item, 11 slerp points, guided DDIM (50 steps, guidance ``TOY_GUIDANCE``),
    Euclidean distances of adjacent frames in [0, 1], population std per walk, mean;
-3. on the very same P x 11 frames: prompt adherence (share classified as the prompted
+3. beside ISTD, the walk's scale: the mean adjacent distance (the pixel-space analogue of
+   PPL) and the distance between a walk's two end frames (how different two noises make
+   the same prompt's image). A model that shrinks every walk also shrinks ISTD, so a
+   lower ISTD reads as smoother only if these stay near the control's;
+4. on the very same P x 11 frames: prompt adherence (share classified as the prompted
    digit) and the Frechet distance of their classifier features to the 500 held-out
    digits. The frames of one walk are correlated, so the Frechet number is only
    comparable between models measured on the same items, which is how it is used.
@@ -40,13 +44,18 @@ class ToyScores:
     num_steps: int
     guidance_scale: float
     per_walk: list[float] = field(default_factory=list, repr=False)
+    mean_step: float = float("nan")
+    """Mean Euclidean distance between adjacent frames, over all walks (pixels in [0, 1])."""
+    end_distance: float = float("nan")
+    """Mean Euclidean distance between each walk's first and last frame."""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def __str__(self) -> str:
         return (f"ISTD {self.istd:.4f} +- {self.istd_stderr:.4f}, adherence {self.adherence:.3f}, "
-                f"Frechet {self.frechet:.1f} ({self.num_pairs} walks, {self.num_steps} DDIM steps, "
+                f"Frechet {self.frechet:.1f}, mean step {self.mean_step:.3f}, end distance {self.end_distance:.3f} "
+                f"({self.num_pairs} walks, {self.num_steps} DDIM steps, "
                 f"guidance {self.guidance_scale:g})")
 
 
@@ -66,6 +75,7 @@ def smoothness_and_quality(world, num_pairs: int = 100, num_steps: int = 50,
     Returns :class:`ToyScores`, or ``(scores, frames [P, 11, 1, 16, 16])`` with ``return_frames``.
     """
     from .classifier import frechet_distance, prompt_adherence
+    from .metrics import adjacent_distances
     from .toy import load_heldout_digits
     from .walks import istd_protocol
 
@@ -78,7 +88,9 @@ def smoothness_and_quality(world, num_pairs: int = 100, num_steps: int = 50,
     real, _ = load_heldout_digits()
     scores = ToyScores(istd=result.mean, istd_stderr=result.stderr, adherence=prompt_adherence(images, labels),
                        frechet=frechet_distance(real, images), num_pairs=num_pairs, num_steps=num_steps,
-                       guidance_scale=guidance_scale, per_walk=result.scores.tolist())
+                       guidance_scale=guidance_scale, per_walk=result.scores.tolist(),
+                       mean_step=adjacent_distances(frames).mean().item(),
+                       end_distance=(frames[:, -1] - frames[:, 0]).flatten(1).norm(dim=1).mean().item())
     return (scores, frames) if return_frames else scores
 
 

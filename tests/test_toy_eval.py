@@ -36,6 +36,11 @@ def test_scores_are_measured_on_the_walk_frames():
     assert scores.per_walk == pytest.approx(istd_per_walk(frames).tolist())
     assert scores.istd == pytest.approx(sum(scores.per_walk) / 2)
     assert 0 <= scores.adherence <= 1 and scores.frechet > 0
+    steps = (frames[:, 1:] - frames[:, :-1]).double().flatten(2).norm(dim=2)  # [2 walks, 10]
+    assert scores.mean_step == pytest.approx(steps.mean().item())
+    ends = (frames[:, 10] - frames[:, 0]).flatten(1).norm(dim=1)
+    assert scores.end_distance == pytest.approx(ends.mean().item(), rel=1e-5)
+    assert scores.mean_step * 10 >= scores.end_distance - 1e-6  # a path is no shorter than its chord
     again = smoothness_and_quality(world, num_pairs=2, num_steps=4, progress=False)
     assert again.per_walk == scores.per_walk  # same seeds, same walks
     assert "ISTD" in str(scores) and scores.to_dict()["num_pairs"] == 2
