@@ -1,6 +1,6 @@
 """The toy world's miniature Table 2: DDIM and null-text inversion of held-out digits, base vs Smooth LoRA.
 
-    python scripts/toy_inversion_table.py                       # base, control and Smooth LoRA shipped in data/
+    python scripts/toy_inversion_table.py                       # base, control and the Smooth LoRAs shipped in data/
     python scripts/toy_inversion_table.py --digits 20 --steps 20   # a quick look
 
 Protocol (:func:`smoothlib.inversion.reconstruction_protocol`): every fifth of the
@@ -24,7 +24,8 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-MODELS = {"base": None, "control": "control", "smooth": "smooth"}
+MODELS = {"base": None, "control": "control", "smooth": "smooth", "smooth-s0": "smooth-s0"}
+"""Row label -> shipped LoRA name: "smooth" is the default Smooth LoRA, "smooth-s0" the release's formula."""
 
 
 def measure(model: str, digits: int, steps: int, progress: bool) -> dict:

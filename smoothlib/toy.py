@@ -36,8 +36,9 @@ TOY_GUIDANCE = 4.0
 """Default classifier-free guidance weight of the toy base model."""
 
 HELDOUT_SIZE = 500
-TOY_SMOOTH_LORA = "smooth-s0"
-"""The toy world's default Smooth LoRA (a folder of ``data/toy_lora/``): lambda = 1, seed 0."""
+TOY_SMOOTH_LORA = "smooth-tb10-rel-s0"
+"""The toy world's default Smooth LoRA (a folder of ``data/toy_lora/``): lambda = 1, seed 0, one running mean
+per 100 timesteps and the relative penalty (the release's formula, ``smooth-s0``, damages this model)."""
 TOY_CONTROL_LORA = "control-s0"
 """Its control: the same LoRA recipe and seed with lambda = 0."""
 SPLIT_SEED = 0
@@ -72,8 +73,8 @@ def data_dir() -> Path:
 
 
 def lora_path(name: str = "smooth") -> Path:
-    """A LoRA shipped with the toy world: "smooth" (lambda = 1, seed 0), "control" (lambda = 0, seed 0),
-    or a folder name under ``data/toy_lora/`` ("smooth-s1", "control-s1", ...)."""
+    """A LoRA shipped with the toy world: "smooth" (:data:`TOY_SMOOTH_LORA`), "control" (lambda = 0, seed 0),
+    or a folder name under ``data/toy_lora/`` ("smooth-s0", "control-s1", ...)."""
     folder = {"smooth": TOY_SMOOTH_LORA, "control": TOY_CONTROL_LORA}.get(name, name)
     path = data_dir() / "toy_lora" / folder / "pytorch_lora_weights.safetensors"
     if not path.exists():

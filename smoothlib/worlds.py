@@ -61,7 +61,7 @@ class World:
     dtype: torch.dtype = torch.float32
     smooth_lora: str | None = None
     """Where this world's Smooth LoRA comes from by default: the release's Hub repository for
-    Stable Diffusion, the shipped ``data/toy_lora/smooth-s0`` for the toy world."""
+    Stable Diffusion, the shipped ``data/toy_lora/<TOY_SMOOTH_LORA>`` for the toy world."""
 
     def load_smooth_lora(self, source: str | os.PathLike | None = None, **kwargs):
         """Apply this world's Smooth LoRA (or ``source``) to :attr:`unet`; see :func:`smoothlib.lora.load_smooth_lora`.
