@@ -30,8 +30,6 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from smoothlib.toy import TOY_GUIDANCE  # noqa: E402
-
 
 def measure(folder: Path | None, cache: Path, pairs: int, steps: int, guidance: float, progress: bool) -> dict:
     import smoothlib as sl
@@ -108,6 +106,8 @@ def table(base: dict, runs: dict[str, tuple[dict, dict]]) -> str:
 
 
 def main(argv=None) -> int:
+    from smoothlib.toy import TOY_GUIDANCE
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", nargs="+", default=["runs/toy_lora"], help="folders holding LoRA run folders")
     p.add_argument("--only", nargs="*", default=None, help="measure only these models (names, 'base')")
