@@ -11,7 +11,7 @@ LoRAs with their ``run.json``). Each model is scored once on the shared items
 ``<run>/scores_<P>walks_<S>steps.json`` (``..._g<G>.json`` with another ``--guidance``).
 "step / ends": the walks' mean adjacent distance and mean end-to-end distance (a lower
 ISTD from walks that merely shrank is not smoothness; "-" for scores cached before these
-were recorded). Rows with the same lambda, estimator and lazy interval are grouped over seeds;
+were recorded). Rows with the same lambda, estimator, lazy interval, t ranges and penalty form are grouped over seeds;
 changes are paired walk by walk, against the base and against the lambda = 0
 control (the mean of its seeds' per-walk scores).
 """
