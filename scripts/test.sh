@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh), then run the whole test suite, notebooks included, offline.
+# Set up (scripts/setup.sh), then run the whole test suite, notebooks included, offline:
+#   1. the library's tests and every notebook in the toy world (smoke mode);
+#   2. every notebook again in the Stable Diffusion stand-in, loaded in float16 as Colab's
+#      CUDA would load it, with a release-format Smooth LoRA (scripts/make_sd_world.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -8,3 +11,8 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 SMOOTHLIB_SMOKE=1 MPLBACKEND=Agg
 # idle OpenMP threads sleep instead of spinning: on a small shared CPU spinning slows torch many times over
 export OMP_WAIT_POLICY=PASSIVE
 python -m pytest tests --nbval-lax --nbval-current-env notebooks "$@"
+echo "== the notebooks in the Stable Diffusion stand-in, float16 =="
+python scripts/make_sd_world.py build/sd_world
+SMOOTHLIB_WORLD="$PWD/build/sd_world/stable-diffusion-v1-5" SMOOTHLIB_DTYPE=fp16 \
+SMOOTHLIB_SMOOTH_LORA="$PWD/build/sd_world/smooth-diffusion-lora" \
+  python -m pytest --nbval-lax --nbval-current-env notebooks -p no:cacheprovider "$@"

@@ -6,7 +6,7 @@
 """
 from .attention import check_double_backward, double_backward_attention
 from .ddim import ddim_invert, ddim_sample, ddim_schedule, ddim_step, model_output
-from .device import default_device, default_dtype, resolve
+from .device import default_device, default_dtype, float32_note, in_float32, resolve
 from .editing import edit, prompt_switch_sample, switch_schedule
 from .images import PreparedImage, load_images, prepare_image
 from .interpolate import lerp, slerp
@@ -30,7 +30,7 @@ __all__ = [
     "check_double_backward", "double_backward_attention",
     "ESTIMATORS", "StepVariationRegularizer", "default_step", "finite_difference_variation", "step_variation", "StepLosses", "training_step",
     "ddim_invert", "ddim_sample", "ddim_schedule", "ddim_step", "model_output",
-    "default_device", "default_dtype", "resolve",
+    "default_device", "default_dtype", "float32_note", "in_float32", "resolve",
     "lerp", "slerp",
     "edit", "prompt_switch_sample", "switch_schedule",
     "PreparedImage", "load_images", "prepare_image",

@@ -77,7 +77,8 @@ def load_classifier(path: str | Path | None = None) -> DigitClassifier:
     key = str(path.resolve())
     if key not in _CACHE:
         if not path.exists():
-            raise FileNotFoundError(f"{path} is missing; rebuild it with `python scripts/make_toy_world.py`")
+            from .toy import rebuild_hint
+            raise FileNotFoundError(f"{path} is missing; {rebuild_hint()}")
         model = DigitClassifier()
         model.load_state_dict(load_file(path))
         _CACHE[key] = model.eval().requires_grad_(False)

@@ -22,15 +22,23 @@ i = 0 .. N-1 (t_i from most to least noisy):
 
 The shared variant (Smooth Diffusion's real-image interpolation, Guo et al. CVPR 2024) fits
 one null_i for two (or more) images on the sum of their losses, so every frame of a walk
-between them can be sampled with the same null embeddings. The UNet must be float32.
+between them can be sampled with the same null embeddings.
+
+Precision: in float16 the gradients of the null embedding underflow, so both the fit and
+every sampling pass that uses its embeddings run the UNet in float32
+(:func:`smoothlib.device.in_float32`, as the authors' release does); a float16 world
+(Stable Diffusion on CUDA) gets this without asking, and its weights are exactly float16
+again afterwards.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
+from .device import in_float32
 from .ddim import _prepare, ddim_invert, ddim_schedule, ddim_step, model_output
 from .metrics import reconstruction_metrics
 from .prediction import prediction_type_of
@@ -66,14 +74,6 @@ class Inversion:
         return self.null_embeddings if self.null_embeddings is not None else self.uncond
 
 
-def _check_fp32(unet) -> None:
-    dtype = next(unet.parameters()).dtype
-    if dtype in (torch.float16, torch.bfloat16):
-        raise ValueError(f"null-text inversion needs the UNet in float32 (got {dtype}): half-precision "
-                         "gradients of the embedding underflow. Load the world with dtype=torch.float32 "
-                         "or convert the UNet with unet.float()")
-
-
 @torch.no_grad()
 def null_text_inversion(unet, scheduler, x_0: Tensor, cond: Tensor, uncond: Tensor,
                         guidance_scale: float = 7.5, num_steps: int = 50, num_inner_steps: int = 10,
@@ -87,9 +87,16 @@ def null_text_inversion(unet, scheduler, x_0: Tensor, cond: Tensor, uncond: Tens
         shared: fit one null embedding per step for the whole batch, on the sum of the
             images' losses (for interpolation between them); otherwise one per image,
             each with its own early stop, exactly as if inverted one at a time.
-    Returns an :class:`Inversion` with the per-step null embeddings and final losses.
+    Returns an :class:`Inversion` with the per-step null embeddings and final losses, in float32
+    (a half-precision UNet runs in float32 for the duration; see the module docstring).
     """
-    _check_fp32(unet)
+    with in_float32(unet):
+        return _null_text_inversion(unet, scheduler, x_0, cond, uncond, guidance_scale, num_steps,
+                                    num_inner_steps, early_stop_epsilon, shared, progress)
+
+
+def _null_text_inversion(unet, scheduler, x_0, cond, uncond, guidance_scale, num_steps, num_inner_steps,
+                         early_stop_epsilon, shared, progress) -> Inversion:
     x, cond, uncond = _prepare(unet, x_0, cond, uncond)
     if uncond.shape[0] != 1:
         raise ValueError(f"uncond must be one embedding [1, L, D], got {tuple(uncond.shape)}")
@@ -141,8 +148,16 @@ def sample_with_null_text(unet, scheduler, x_T: Tensor, cond: Tensor | list[Tens
 
     ``cond`` and ``unconds`` are each one tensor [B or 1, L, D] used at every step, or a list
     of N such tensors, one per step (null-text inversion's embeddings; editing's prompt switch).
-    Returns x_0.
+    Returns x_0. With per-step null embeddings a half-precision UNet runs in float32 here, as
+    it did to fit them (module docstring), and x_0 is float32.
     """
+    per_step_nulls = isinstance(unconds, (list, tuple))
+    with in_float32(unet) if per_step_nulls else nullcontext():
+        return _sample_with_null_text(unet, scheduler, x_T, cond, unconds, guidance_scale, num_steps, progress)
+
+
+@torch.no_grad()
+def _sample_with_null_text(unet, scheduler, x_T, cond, unconds, guidance_scale, num_steps, progress) -> Tensor:
     conds = cond if isinstance(cond, (list, tuple)) else [cond] * num_steps
     nulls = unconds if isinstance(unconds, (list, tuple)) else [unconds] * num_steps
     for name, seq in (("cond", conds), ("unconds", nulls)):
@@ -228,7 +243,8 @@ class ReconstructionReport:
 
 def reconstruction_protocol(world, images: Tensor, prompts: list[str], methods=METHODS,
                             guidance_scale: float = 7.5, num_steps: int = 50, batch_size: int = 4,
-                            lpips=None, keep_images: bool = False, progress: bool = True) -> ReconstructionReport:
+                            lpips=None, keep_images: bool = False, progress: bool = True,
+                            **nti_options) -> ReconstructionReport:
     """The paper's Table 2: invert N images with their captions, reconstruct, and score.
 
     1. encode-decode only ("vae", latent worlds only): the ceiling any inversion can reach;
@@ -236,6 +252,7 @@ def reconstruction_protocol(world, images: Tensor, prompts: list[str], methods=M
        sample back with guidance ``guidance_scale``, decode;
     3. MSE ([-1, 1]), PSNR, SSIM (and LPIPS with an ``lpips`` callable) per image against the input.
     ``images`` [N, C, H, W] in [0, 1], ``prompts`` one caption per image; batches of ``batch_size``.
+    ``nti_options`` (``num_inner_steps``, ``early_stop_epsilon``) go to :func:`null_text_inversion`.
     """
     if images.ndim != 4 or len(prompts) != images.shape[0]:
         raise ValueError(f"need images [N, C, H, W] and one prompt each; got {tuple(images.shape)} "
@@ -249,7 +266,8 @@ def reconstruction_protocol(world, images: Tensor, prompts: list[str], methods=M
             with torch.no_grad():
                 outputs["vae"].append(world.decode(world.encode(batch)).cpu())
         for m in methods:
-            inv = invert(world, batch, captions, m, guidance_scale, num_steps, progress=False)
+            inv = invert(world, batch, captions, m, guidance_scale, num_steps, progress=False,
+                         **(nti_options if m == "nti" else {}))
             outputs[m].append(reconstruct(world, inv, progress=False).cpu())
     recon = {m: torch.cat(v) for m, v in outputs.items()}
     per_image = {m: reconstruction_metrics(r, images.cpu().float(), lpips) for m, r in recon.items()}

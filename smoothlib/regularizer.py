@@ -70,8 +70,8 @@ Tensor = torch.Tensor
 ESTIMATORS = ("exact", "finite_difference")
 
 
-def step_variation(x0_hat: Tensor, eps: Tensor, y: Tensor) -> Tensor:
-    """r = || d <x0_hat, y> / d eps ||_2 per sample, shape [B], with its graph kept.
+def step_variation(x0_hat: Tensor, eps: Tensor, y: Tensor, create_graph: bool = True) -> Tensor:
+    """r = || d <x0_hat, y> / d eps ||_2 per sample, shape [B], with its graph kept (``create_graph``).
 
     ``eps`` is the noise that built x_t (a tensor with ``requires_grad``),
     ``x0_hat`` the prediction made from that x_t, ``y`` the direction, already
@@ -91,7 +91,7 @@ def step_variation(x0_hat: Tensor, eps: Tensor, y: Tensor) -> Tensor:
     if not x0_hat.requires_grad:
         raise ValueError("x0_hat has no graph: compute it from x_t with grad enabled "
                          "(not under torch.no_grad())")
-    (grad,) = torch.autograd.grad((x0_hat * y).sum(), eps, create_graph=True, allow_unused=True)
+    (grad,) = torch.autograd.grad((x0_hat * y).sum(), eps, create_graph=create_graph, allow_unused=True)
     if grad is None:
         raise ValueError("x0_hat does not depend on eps: build x_t from this eps after "
                          "eps.requires_grad_(), then predict x0_hat from that x_t")
@@ -353,8 +353,18 @@ def variation_at(unet, scheduler, x_0: Tensor, encoder_hidden_states: Tensor, t:
     One fresh eps and direction y per sample from ``generator``; the same r that
     training penalises, without updating any running mean. For plots of r over t
     and for comparing models (the scale fact: r grows with (1 - alpha_bar_t) / sqrt(alpha_bar_t)).
+
+    r needs one backward pass, not two, so any attention kernel serves (the memory-efficient
+    ones keep SD 1.5 at 512 px within a 16 GB card). A half-precision UNet runs in float32
+    for the duration (:func:`smoothlib.device.in_float32`), as gradients do everywhere here.
     """
-    from .attention import double_backward_attention
+    from .device import in_float32
+
+    with in_float32(unet):
+        return _variation_at(unet, scheduler, x_0.float(), encoder_hidden_states.float(), t, generator)
+
+
+def _variation_at(unet, scheduler, x_0, encoder_hidden_states, t, generator) -> Tensor:
     from .prediction import prediction_type_of, x0_and_eps
 
     t = torch.as_tensor(t, device=x_0.device).long().reshape(-1)
@@ -367,8 +377,7 @@ def variation_at(unet, scheduler, x_0: Tensor, encoder_hidden_states: Tensor, t:
         eps = torch.randn(x_0.shape, generator=generator, device=device, dtype=x_0.dtype).to(x_0.device)
         eps.requires_grad_()
         x_t = a.sqrt() * x_0 + (1 - a).sqrt() * eps
-        with double_backward_attention(unet):
-            out = unet(x_t, t, encoder_hidden_states=encoder_hidden_states).sample
+        out = unet(x_t, t, encoder_hidden_states=encoder_hidden_states).sample
         x0_hat = x0_and_eps(out, x_t, abar, prediction_type_of(scheduler))[0]
         y = StepVariationRegularizer().draw_y(x0_hat, abar, generator)
-        return step_variation(x0_hat, eps, y).detach()
+        return step_variation(x0_hat, eps, y, create_graph=False).detach()

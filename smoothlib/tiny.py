@@ -52,6 +52,12 @@ def word_tokenizer(words=(), max_length: int = 16):
     """
     from transformers import CLIPTokenizer
 
+    vocab, merges = _word_vocab(words)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
+
+
+def _word_vocab(words) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """The vocabulary and BPE merges of :func:`word_tokenizer`."""
     specials = ["<|startoftext|>", "<|endoftext|>"]
     chars = list(string.ascii_lowercase + string.digits + string.punctuation)
     vocab: dict[str, int] = {}
@@ -66,8 +72,7 @@ def word_tokenizer(words=(), max_length: int = 16):
             merges.append((left, right))
             left = left + right
             vocab.setdefault(left, len(vocab))
-    merges = list(dict.fromkeys(merges))
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
+    return vocab, list(dict.fromkeys(merges))
 
 
 def tiny_text_encoder(seed: int = 0, vocab_size: int = 1000, hidden_size: int = TINY_CROSS_DIM,
@@ -102,3 +107,85 @@ def tiny_pipeline(seed: int = 0):
         tokenizer=word_tokenizer(), scheduler=tiny_scheduler(), safety_checker=None,
         feature_extractor=None, requires_safety_checker=False,
     )
+
+
+SD15_MODEL_INDEX = {
+    "_class_name": "StableDiffusionPipeline",
+    "_diffusers_version": "0.6.0",
+    "feature_extractor": ["transformers", "CLIPImageProcessor"],
+    "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
+    "scheduler": ["diffusers", "PNDMScheduler"],
+    "text_encoder": ["transformers", "CLIPTextModel"],
+    "tokenizer": ["transformers", "CLIPTokenizer"],
+    "unet": ["diffusers", "UNet2DConditionModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+}
+"""``model_index.json`` of stable-diffusion-v1-5/stable-diffusion-v1-5 (the safety checker is listed, not fetched)."""
+
+SD15_SCHEDULER_CONFIG = {
+    "_class_name": "PNDMScheduler",
+    "_diffusers_version": "0.6.0",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "trained_betas": None,
+    "clip_sample": False,
+}
+"""``scheduler/scheduler_config.json`` of stable-diffusion-v1-5/stable-diffusion-v1-5."""
+
+_SD_WORDS = ("a", "photograph", "of", "cat", "dog", "sitting", "on", "sofa", "red", "cup", "coffee", "tiger")
+
+
+def save_tiny_sd15(folder, seed: int = 0):
+    """Write a tiny Stable Diffusion 1.5 stand-in laid out as the Hub downloads it, and a Smooth LoRA for it.
+
+    ``folder/stable-diffusion-v1-5/``: what ``load_world("sd15")`` fetches (model_index.json and
+    scheduler config as SD 1.5's repository has them, a CLIPTokenizer as vocab.json + merges.txt
+    with SD's 77 tokens, safetensors weights of a cross-attention UNet, an AutoencoderKL and a
+    CLIPTextModel, random but seeded). ``folder/smooth-diffusion-lora/smooth_lora.safetensors``:
+    a rank-4 LoRA on every attention projection in the release's file format, with random
+    non-zero weights, so that switching it on changes the model. Returns (pipeline folder, LoRA file).
+    Nothing here is trained: it stands in for Colab's world in tests, offline.
+    """
+    import json
+    import shutil
+    from pathlib import Path
+
+    from diffusers import StableDiffusionPipeline
+
+    from .lora import attach_lora, save_smooth_lora
+
+    root = Path(folder)
+    pipeline_dir, lora_dir = root / "stable-diffusion-v1-5", root / "smooth-diffusion-lora"
+    pipe = StableDiffusionPipeline(
+        unet=tiny_unet(seed), vae=tiny_vae(seed), text_encoder=tiny_text_encoder(seed),
+        tokenizer=word_tokenizer(_SD_WORDS, max_length=77), scheduler=tiny_scheduler(),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(pipeline_dir, safe_serialization=True)
+    tokenizer_dir = pipeline_dir / "tokenizer"  # as SD 1.5 has it: vocab.json + merges.txt, no tokenizer.json
+    shutil.rmtree(tokenizer_dir)
+    tokenizer_dir.mkdir()
+    vocab, merges = _word_vocab(_SD_WORDS)
+    (tokenizer_dir / "vocab.json").write_text(json.dumps(vocab))
+    (tokenizer_dir / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    (tokenizer_dir / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "do_lower_case": True, "errors": "replace",
+        "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>", "add_prefix_space": False}, indent=2))
+    (tokenizer_dir / "special_tokens_map.json").write_text(json.dumps({
+        "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>"}, indent=2))
+    (pipeline_dir / "model_index.json").write_text(json.dumps(SD15_MODEL_INDEX, indent=2))
+    (pipeline_dir / "scheduler" / "scheduler_config.json").write_text(json.dumps(SD15_SCHEDULER_CONFIG, indent=2))
+    unet = pipe.unet
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        params = attach_lora(unet, rank=4)
+        for p in params:  # B = 0 would make the LoRA a no-op; give both factors weights
+            p.data = torch.randn_like(p) * 0.05
+    lora_file = save_smooth_lora(unet, lora_dir, format="release")
+    return pipeline_dir, lora_file

@@ -59,14 +59,33 @@ _WORDS = ("a", "an", "the", "handwritten", "digit", "picture", "of", "number", "
 
 
 def data_dir() -> Path:
-    """The folder that holds the shipped weights: ``$SMOOTHLIB_DATA``, else ``data/`` of the checkout.
-
-    The weights live in the repository, not in the installed package: install from a
-    clone (``pip install -e .``), as the notebooks' Colab setup cell does.
-    """
+    """The folder that holds the shipped weights: ``$SMOOTHLIB_DATA``, else the installed package's
+    ``smoothlib/shipped/`` (a plain ``pip install`` copies the repository's ``data/`` there), else
+    ``data/`` of the checkout (an editable install)."""
     import os
 
-    return Path(os.environ.get("SMOOTHLIB_DATA") or Path(__file__).resolve().parents[1] / "data")
+    if os.environ.get("SMOOTHLIB_DATA"):
+        return Path(os.environ["SMOOTHLIB_DATA"])
+    installed = Path(__file__).resolve().parent / "shipped"
+    return installed if installed.is_dir() else Path(__file__).resolve().parents[1] / "data"
+
+
+def repository_url() -> str:
+    """The repository's address, as the installed package's metadata gives it (pyproject.toml's [project.urls])."""
+    from importlib import metadata
+
+    try:
+        urls = metadata.metadata("smoothlib").get_all("Project-URL") or []
+    except metadata.PackageNotFoundError:
+        urls = []
+    found = [u.split(",", 1)[1].strip() for u in urls if u.lower().startswith("repository,")]
+    return found[0] if found else "the smoothlib repository"
+
+
+def rebuild_hint() -> str:
+    """What to do when a shipped file is missing: the install brings them; a clone can rebuild them."""
+    return (f"reinstall smoothlib (pip install --force-reinstall 'smoothlib @ git+{repository_url()}'), "
+            "or in a clone of the repository rebuild it with `python scripts/make_toy_world.py`")
 
 
 # --------------------------------------------------------------------------- prompts
@@ -192,7 +211,7 @@ def load_heldout_digits(path: str | Path | None = None) -> tuple[torch.Tensor, t
 
     path = Path(path) if path is not None else data_dir() / "toy_heldout_digits.safetensors"
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing; rebuild it with `python scripts/make_toy_world.py`")
+        raise FileNotFoundError(f"{path} is missing; {rebuild_hint()}")
     tensors = load_file(path)
     return tensors["images"].float() / 255, tensors["labels"].long()
 
@@ -234,7 +253,7 @@ def load_toy_components(device=None, dtype=None, path: str | Path | None = None)
     root = Path(path) if path is not None else data_dir() / "toy"
     for part in ("unet", "text_encoder"):
         if not (root / part / "config.json").exists():
-            raise FileNotFoundError(f"no toy {part} in {root}; rebuild with `python scripts/make_toy_world.py`")
+            raise FileNotFoundError(f"no toy {part} in {root}; {rebuild_hint()}")
     device = torch.device(device or "cpu")
     dtype = dtype or torch.float32
     unet = UNet2DConditionModel.from_pretrained(root / "unet", local_files_only=True)

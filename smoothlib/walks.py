@@ -29,11 +29,12 @@ from .metrics import istd_per_walk
 Tensor = torch.Tensor
 
 
-def seeded_noise(world, seed: int, count: int = 1) -> Tensor:
+def seeded_noise(world, seed: int, count: int = 1, dtype: torch.dtype | None = None) -> Tensor:
     """``count`` Gaussian noises [count, *latent_shape] from a CPU generator seeded with ``seed``,
-    in the world's device and dtype (drawn in float32 on the CPU, so the same on every device)."""
+    drawn in float32 on the CPU (so the same on every device), then moved to the world's device
+    in ``dtype`` (default: the world's)."""
     g = torch.Generator("cpu").manual_seed(int(seed))
-    return torch.randn(count, *world.latent_shape, generator=g).to(world.device, world.dtype)
+    return torch.randn(count, *world.latent_shape, generator=g).to(world.device, dtype or world.dtype)
 
 
 def etas(num_frames: int) -> Tensor:
@@ -82,8 +83,8 @@ def noise_walk(world, x_a: Tensor, x_b: Tensor, prompt: str | Tensor, num_frames
 
     ``x_a``, ``x_b``: noises of the world's latent shape ([C, h, w] or [1, C, h, w]).
     """
-    x_a, x_b = x_a.reshape(world.latent_shape), x_b.reshape(world.latent_shape)
-    x_T = slerp(x_a, x_b, etas(num_frames))
+    x_a, x_b = x_a.reshape(world.latent_shape).float(), x_b.reshape(world.latent_shape).float()
+    x_T = slerp(x_a, x_b, etas(num_frames))   # in float32; sampling casts to the UNet's dtype
     return sample_frames(world, x_T, _embed(world, prompt), None, guidance_scale, num_steps, batch_size,
                          progress, "noise walk")
 
@@ -156,7 +157,7 @@ def istd_protocol(world, prompts: str | list[str], num_pairs: int | None = None,
     1. items: one per prompt (a single prompt with ``num_pairs`` repeats it); item p uses
        seed ``seeds[p]`` (default p), so the same prompts and noises serve every model compared;
     2. per item, two noises x_T^a, x_T^b drawn in that order from a CPU generator seeded with the seed;
-    3. ``num_frames`` (11) noises slerp(x_T^a, x_T^b; eta), eta = 0, 0.1, ..., 1;
+    3. ``num_frames`` (11) noises slerp(x_T^a, x_T^b; eta), eta = 0, 0.1, ..., 1, in float32;
     4. guided DDIM samples (``num_steps`` 50, guidance 7.5), decoded to pixels in [0, 1] at the
        world's resolution; all items' frames sampled in batches of ``batch_size``;
     5. per item: population std of the 10 Euclidean distances between adjacent frames;
@@ -172,7 +173,8 @@ def istd_protocol(world, prompts: str | list[str], num_pairs: int | None = None,
     if num_frames < 3:
         raise ValueError(f"ISTD needs at least 3 frames, got {num_frames}")
     ts = etas(num_frames)
-    x_T = torch.cat([slerp(*seeded_noise(world, s, 2), ts) for s in seeds])
+    # slerp in float32, then sampling casts to the UNet's dtype (a float16 world gets the same noises)
+    x_T = torch.cat([slerp(*seeded_noise(world, s, 2, torch.float32), ts) for s in seeds])
     cond = _embed(world, prompts).repeat_interleave(num_frames, dim=0)
     frames = sample_frames(world, x_T, cond, None, guidance_scale, num_steps, batch_size, progress, "ISTD")
     frames = frames.reshape(len(prompts), num_frames, *frames.shape[1:])

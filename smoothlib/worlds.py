@@ -63,6 +63,15 @@ class World:
     """Where this world's Smooth LoRA comes from by default: the release's Hub repository for
     Stable Diffusion, the shipped ``data/toy_lora/<TOY_SMOOTH_LORA>`` for the toy world."""
 
+    def __repr__(self) -> str:
+        from .lora import ADAPTER
+        adapters = getattr(self.unet, "peft_config", {})
+        lora = "loaded" if ADAPTER in adapters else "not loaded"
+        kind = "pixel space" if self.vae is None else f"latents {tuple(self.latent_shape)}"
+        return (f"World({self.name!r}: {self.device.type}, {str(self.dtype).replace('torch.', '')}, "
+                f"images {self.image_size[0]}x{self.image_size[1]}, {kind};\n"
+                f"      Smooth LoRA {lora}, default source {self.smooth_lora!r})")
+
     def load_smooth_lora(self, source: str | os.PathLike | None = None, **kwargs):
         """Apply this world's Smooth LoRA (or ``source``) to :attr:`unet`; see :func:`smoothlib.lora.load_smooth_lora`.
 
@@ -215,7 +224,7 @@ def hub_errors(what: str, repo_id: str, revision: str | None = None):
 def load_world(name: str | os.PathLike = "sd15", *, device=None, dtype=None,
                revision: str | None = None, variant: str | None = None,
                token: str | bool | None = None, cache_dir: str | os.PathLike | None = None,
-               local_files_only: bool = False) -> World:
+               local_files_only: bool = False, smooth_lora: str | os.PathLike | None = None) -> World:
     """Load a Stable Diffusion 1.x world with a DDIM scheduler, frozen and in eval mode.
 
     ``name``: ``"sd15"`` (Stable Diffusion 1.5 from the Hub mirror), a diffusers SD 1.x
@@ -229,7 +238,19 @@ def load_world(name: str | os.PathLike = "sd15", *, device=None, dtype=None,
     checker), from safetensors files only. The scheduler is ``DDIMScheduler`` built
     from the model's own scheduler config with Stable Diffusion's settings
     (``clip_sample=False, set_alpha_to_one=False, steps_offset=1``).
+
+    ``smooth_lora`` replaces the world's default Smooth LoRA source (what
+    :meth:`World.load_smooth_lora` applies): a local file, a folder or a Hub repo id. The
+    defaults are the release's repository for Stable Diffusion and the shipped LoRA for "toy".
     """
+    world = _load_world(name, device=device, dtype=dtype, revision=revision, variant=variant, token=token,
+                        cache_dir=cache_dir, local_files_only=local_files_only)
+    if smooth_lora is not None:
+        world.smooth_lora = str(smooth_lora)
+    return world
+
+
+def _load_world(name, *, device, dtype, revision, variant, token, cache_dir, local_files_only) -> World:
     key = str(name)
     if key == "auto":
         key = "sd15" if torch.cuda.is_available() and not os.environ.get("HF_HUB_OFFLINE") else "toy"

@@ -117,10 +117,22 @@ def test_sampler_with_one_uncond_equals_ddim_sample(analytic):
         sample_with_null_text(m, sch, x_T, c, [u] * 6, 7.5, 7, False)
 
 
-def test_half_precision_unet_refused(analytic):
+def test_half_precision_unet_runs_in_float32_and_is_given_back_exactly(analytic):
+    import copy
     half = ConditionalGaussian(analytic.scheduler.alphas_cumprod).half()
-    with pytest.raises(ValueError, match="float32"):
-        null_text_inversion(half, analytic.scheduler, analytic.x_0, analytic.cond, analytic.uncond, 7.5, 2)
+    before = {k: v.clone() for k, v in half.state_dict().items()}
+    full = copy.deepcopy(half).float()   # the same (float16-rounded) weights, in float32
+    args = (analytic.scheduler, analytic.x_0, analytic.cond, analytic.uncond, 7.5, 4)
+    inv_half, inv_full = null_text_inversion(half, *args, progress=False), null_text_inversion(full, *args, progress=False)
+    # the fit ran in float32 on exactly the float32 copy's weights: identical results
+    for a, b in zip(inv_half.null_embeddings, inv_full.null_embeddings):
+        assert a.dtype == torch.float32 and torch.equal(a, b)
+    x_half = sample_with_null_text(half, analytic.scheduler, inv_half.x_T, inv_half.cond, inv_half.null_embeddings, 7.5, 4, False)
+    x_full = sample_with_null_text(full, analytic.scheduler, inv_full.x_T, inv_full.cond, inv_full.null_embeddings, 7.5, 4, False)
+    assert x_half.dtype == torch.float32 and torch.equal(x_half, x_full)
+    # afterwards the model is float16 again, bit for bit
+    for k, v in half.state_dict().items():
+        assert v.dtype == before[k].dtype and torch.equal(v, before[k]), k
 
 
 # --------------------------------------------------------------------------- tiny worlds

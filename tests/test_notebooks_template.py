@@ -5,8 +5,15 @@ from pathlib import Path
 
 import pytest
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+README = (ROOT / "README.md").read_text()
+
+
+def repository() -> str:
+    """The repository's address, from the one place it is written: pyproject.toml's [project.urls]."""
+    import tomllib
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
 
 
 def test_there_are_notebooks():
@@ -18,15 +25,29 @@ def test_template(path):
     nb = json.loads(path.read_text())
     cells = nb["cells"]
     sources = ["".join(c["source"]) for c in cells]
-    badge = f"colab.research.google.com/github/smoothlib/smoothlib/blob/main/notebooks/{path.name}"
+    owner_name = repository().removeprefix("https://github.com/")
+    badge = f"colab.research.google.com/github/{owner_name}/blob/main/notebooks/{path.name}"
     assert cells[0]["cell_type"] == "markdown" and sources[0].startswith("# ")
     assert badge in sources[0], "Open in Colab badge missing from the title cell"
     assert badge in README, "README's course table lacks this notebook's Colab link"
     assert "google.colab" in sources[1] and "pip" in sources[1], "second cell must be the setup cell"
+    installs = re.findall(r"%pip install .*", sources[1])
+    assert installs == [f'%pip install -q "smoothlib[course] @ git+{repository()}"'], \
+        "the setup cell installs the package from the repository, in one %pip line"
+    assert "ImportError" in sources[1] and "SystemExit" in sources[1], "a failed install must stop the notebook"
+    assert "git clone" not in sources[1]
     assert "SMOOTHLIB_WORLD" in sources[2] and "SMOOTHLIB_SMOKE" in sources[2], "third cell must be the parameter cell"
+    if "load_world(" in "\n".join(sources):
+        for variable in ("SMOOTHLIB_DTYPE", "SMOOTHLIB_SMOOTH_LORA", "SMOOTHLIB_PAPER"):
+            assert variable in sources[2], f"the parameter cell reads {variable}"
+        assert "load_world(WORLD, dtype=DTYPE, smooth_lora=SMOOTH_LORA)" in "\n".join(sources)
     assert "## Summary" in "\n".join(sources) and "## Exercises" in "\n".join(sources)
     for c in cells:
         if c["cell_type"] == "code":
             assert not c.get("outputs") and c.get("execution_count") is None, "commit notebooks without outputs"
             assert not re.search(r"""["']cuda["']""", "".join(c["source"])), "no hard-coded 'cuda': use sl.default_device()"
     assert nb["metadata"].get("accelerator") == "GPU"
+
+
+def test_readme_installs_from_the_repository():
+    assert f'"smoothlib[course] @ git+{repository()}"' in README
