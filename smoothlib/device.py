@@ -73,11 +73,22 @@ def in_float32(module: torch.nn.Module):
     dtypes = [t.dtype for t in halves]
     for t in halves:
         t.data = t.data.float()
+    _FLOAT32_BLOCKS.append(module)
     try:
         yield module
     finally:
+        _FLOAT32_BLOCKS.remove(module)
         for t, dtype in zip(halves, dtypes):
             t.data = t.data.to(dtype)
+
+
+_FLOAT32_BLOCKS: list[torch.nn.Module] = []
+
+
+def inside_float32_block(module: torch.nn.Module) -> bool:
+    """Whether ``module`` is running inside :func:`in_float32` now (whatever its own dtype):
+    what a float16 world would run in float32 (for :mod:`smoothlib.cost`)."""
+    return any(m is module for m in _FLOAT32_BLOCKS)
 
 
 def float32_note(module: torch.nn.Module, what: str = "null-text inversion") -> str | None:
