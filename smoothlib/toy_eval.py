@@ -6,7 +6,7 @@ any model loaded in the toy world (the base, or the base with a LoRA):
 
 1. items p = 0..P-1: the prompt "a handwritten <digit p mod 10>" and seed p, the same
    for every model compared (10 digits, P / 10 walks each);
-2. the ISTD protocol (:func:`smoothlib.walks.istd_protocol`, SPEC section 5): two seeded
+2. the ISTD protocol (:func:`smoothlib.walks.istd_protocol`): two seeded
    noises per item, 11 slerp points, guided DDIM (50 steps, guidance ``TOY_GUIDANCE``),
    Euclidean distances of adjacent frames in [0, 1], population std per walk, mean;
 3. beside ISTD, the walk's scale: the mean adjacent distance (the pixel-space analogue of

@@ -1,4 +1,4 @@
-"""Every course notebook follows the template (COURSE.md): badge, setup cell, parameter cell, no outputs."""
+"""Every course notebook follows the template: badge, setup cell, parameter cell, no outputs."""
 import json
 import re
 from pathlib import Path
@@ -51,3 +51,30 @@ def test_template(path):
 
 def test_readme_installs_from_the_repository():
     assert f'"smoothlib[course] @ git+{repository()}"' in README
+
+
+LINKED = NOTEBOOKS + sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]
+
+
+def _text(path: Path) -> str:
+    if path.suffix == ".ipynb":
+        return "\n".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"])
+    return path.read_text()
+
+
+@pytest.mark.parametrize("path", LINKED, ids=lambda p: p.name)
+def test_links_resolve_inside_the_repository(path):
+    """Every relative Markdown link (to a notebook, doc, script or image) names a file of the repository."""
+    for target in re.findall(r"\]\(([^)\s]+)\)", _text(path)):
+        if re.match(r"[a-z]+:", target) or target.startswith("#"):
+            continue
+        file = (path.parent / target.split("#", 1)[0]).resolve()
+        assert file.exists() and file.is_relative_to(ROOT), f"{path.name} links to {target}, which is not in the repository"
+
+
+@pytest.mark.parametrize("path", LINKED + sorted((ROOT / "smoothlib").glob("*.py")) + sorted((ROOT / "tests").glob("*.py")),
+                         ids=lambda p: p.name)
+def test_nothing_cites_files_outside_the_repository(path):
+    text = _text(path) if path.name != Path(__file__).name else ""
+    for outside in ("SPEC.md", "SPEC section", "COURSE.md", "../shared"):
+        assert outside not in text, f"{path.name} cites {outside!r}, which readers of the repository do not have"
