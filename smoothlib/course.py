@@ -14,6 +14,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any, NamedTuple
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -28,19 +29,62 @@ def notebooks(directory: Path = NOTEBOOKS, select: list[str] | None = None) -> l
     return found
 
 
-def render(path: Path, out_dir: Path, timeout: int = 3600) -> float:
-    """Execute one notebook and write ``out_dir/<name>.html``; return the wall time in seconds."""
-    import nbformat
+class Rendered(NamedTuple):
+    page: Path
+    """The HTML page."""
+    notebook: Any
+    """The executed notebook, outputs included."""
+    seconds: float
+    """Wall time of the execution."""
+
+
+def render(path: Path, out_dir: Path, timeout: int = 3600) -> Rendered:
+    """Execute one notebook and write ``out_dir/<name>.html``."""
     from nbconvert import HTMLExporter
+
+    nb, seconds = execute(path, timeout)
+    html, _ = HTMLExporter().from_notebook_node(nb)
+    page = out_dir / f"{path.stem}.html"
+    page.write_text(html, encoding="utf-8")
+    return Rendered(page, nb, seconds)
+
+
+def execute(path: Path, timeout: int = 3600):
+    """Run one notebook on a fresh kernel; return it with its outputs, and the wall time in seconds.
+
+    ``MPLBACKEND`` is removed from the kernel's environment for the run: set (to Agg, say) it
+    stops ipykernel from switching matplotlib to its inline backend, and ``plt.show()`` then
+    draws nothing into the page.
+    """
+    import nbformat
     from nbconvert.preprocessors import ExecutePreprocessor
 
     nb = nbformat.read(path, as_version=4)
+    backend = os.environ.pop("MPLBACKEND", None)
     start = time.perf_counter()
-    ExecutePreprocessor(timeout=timeout, kernel_name="python3").preprocess(nb, {"metadata": {"path": str(path.parent)}})
-    elapsed = time.perf_counter() - start
-    html, _ = HTMLExporter().from_notebook_node(nb)
-    (out_dir / f"{path.stem}.html").write_text(html, encoding="utf-8")
-    return elapsed
+    try:
+        ExecutePreprocessor(timeout=timeout, kernel_name="python3").preprocess(nb, {"metadata": {"path": str(path.parent)}})
+    finally:
+        if backend is not None:
+            os.environ["MPLBACKEND"] = backend
+    return nb, time.perf_counter() - start
+
+
+def expected_images(cell) -> int:
+    """How many pictures a code cell draws at least: one per ``plt.show()`` and per embedded GIF."""
+    source = cell.source if isinstance(cell.source, str) else "".join(cell.source)
+    return source.count("plt.show()") + source.count("data:image/gif")
+
+
+def images_in(cell) -> int:
+    """Pictures among a code cell's outputs (PNG, JPEG, SVG, or an embedded image in HTML)."""
+    count = 0
+    for out in cell.get("outputs", []):
+        data = out.get("data", {})
+        if any(k in data for k in ("image/png", "image/jpeg", "image/svg+xml")):
+            count += 1
+        count += str(data.get("text/html", "")).count("<img src=\"data:image/")
+    return count
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter()
     for i, path in enumerate(paths, 1):
         print(f"[{i}/{len(paths)}] {path.name} ...", end=" ", flush=True)
-        seconds = render(path, args.out)
+        seconds = render(path, args.out).seconds
         print(f"done in {seconds:.0f} s -> {args.out / (path.stem + '.html')}", flush=True)
     print(f"course rendered to {args.out}/ in {time.perf_counter() - total:.0f} s")
     return 0

@@ -1,0 +1,25 @@
+"""The rendered course as a reader sees it: every notebook executes in the toy world (smoke mode) and
+its page carries every picture its cells draw (a ``plt.show()`` that draws nothing fails here)."""
+import re
+
+import pytest
+
+from smoothlib.course import expected_images, images_in, notebooks, render
+
+NOTEBOOKS = notebooks()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_rendered_page_has_every_figure(path, tmp_path, monkeypatch):
+    monkeypatch.setenv("SMOOTHLIB_WORLD", "toy")
+    monkeypatch.setenv("SMOOTHLIB_SMOKE", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")   # as the test command sets it: the renderer must undo it for the kernel
+    page, nb, _ = render(path, tmp_path)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    missing = [(i, expected_images(c), images_in(c)) for i, c in enumerate(nb.cells)
+               if c.cell_type == "code" and images_in(c) < expected_images(c)]
+    assert not missing, f"cells (index, pictures drawn, pictures in the output) without their pictures: {missing}"
+    html = page.read_text()
+    assert len(re.findall(r'src="data:image/', html)) >= sum(expected_images(c) for c in code)
+    assert "<IPython.core.display.Image object>" not in html
