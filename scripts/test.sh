@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up (scripts/setup.sh), then run the whole test suite, notebooks included, offline:
-#   1. the library's tests, and every notebook executed and rendered in the toy world (smoke mode;
-#      tests/test_render.py checks that each page carries the figures its cells draw);
+#   1. the library's tests, every notebook under nbval in the toy world (smoke mode), and every
+#      notebook rendered there (tests/test_render.py: each page carries the figures its cells draw);
 #   2. every notebook again in the Stable Diffusion stand-in, loaded in float16 as Colab's
 #      CUDA would load it, with a release-format Smooth LoRA (scripts/make_sd_world.py).
 set -euo pipefail
@@ -11,7 +11,7 @@ bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 SMOOTHLIB_SMOKE=1 MPLBACKEND=Agg
 # idle OpenMP threads sleep instead of spinning: on a small shared CPU spinning slows torch many times over
 export OMP_WAIT_POLICY=PASSIVE
-python -m pytest tests "$@"
+python -m pytest tests --nbval-lax --nbval-current-env notebooks "$@"
 echo "== the notebooks in the Stable Diffusion stand-in, float16 =="
 python scripts/make_sd_world.py build/sd_world
 SMOOTHLIB_WORLD="$PWD/build/sd_world/stable-diffusion-v1-5" SMOOTHLIB_DTYPE=fp16 \
