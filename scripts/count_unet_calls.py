@@ -13,8 +13,8 @@ counts, weighted by kind and latent size, give the estimated T4 time
 
 The stand-in runs in float32 here (faster on a CPU); what a float16 world would upcast is
 counted as float32 all the same. Null-text inversion stops its inner loop early on a loss
-threshold, which a trained model reaches at other steps than this random one: the table
-also gives the bound with every inner step taken.
+threshold; this random stand-in never reaches it, so its null-text counts are the bound with
+every inner step taken (a trained model stops some steps early).
 """
 from __future__ import annotations
 
@@ -48,8 +48,7 @@ REPORT = """
 _area = world.latent_shape[1] * world.latent_shape[2] if "world" in globals() else 1
 _extra = {}
 if "S" in globals():
-    _extra = dict(num_steps=S.num_steps, nti_inner_steps=S.nti_inner_steps, explorer_frames=S.explorer_frames,
-                  explorer_steps=S.explorer_steps)
+    _extra = dict(explorer_frames=S.explorer_frames, explorer_steps=S.explorer_steps)
 print("COUNTS " + _json.dumps({"by_kind": _counter.by_kind(_area), **_extra}))
 """
 
