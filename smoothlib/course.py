@@ -38,15 +38,61 @@ class Rendered(NamedTuple):
     """Wall time of the execution."""
 
 
+WIDGET_NOTE = ("[an ipywidgets control: it runs in Jupyter, Colab or VS Code with a kernel; "
+               "on this page the scrubber and grids below show the same frames]")
+MATHJAX_CONFIG = "TeX-AMS-MML_HTMLorMML-full,Safe"
+
+
 def render(path: Path, out_dir: Path, timeout: int = 3600) -> Rendered:
-    """Execute one notebook and write ``out_dir/<name>.html``."""
+    """Execute one notebook and write ``out_dir/<name>.html``, a page that works offline.
+
+    1. execute the notebook on a fresh kernel (:func:`execute`);
+    2. replace each live widget's output by a note (:func:`static_widgets`): without a kernel
+       a widget needs the widget manager's JavaScript from a CDN, and shows nothing offline;
+    3. point the page at a local MathJax (:func:`local_mathjax`, copied next to it) instead of
+       the exporter's CDN, and load no require.js (only widgets need it);
+    4. write the HTML page.
+    """
     from nbconvert import HTMLExporter
 
     nb, seconds = execute(path, timeout)
-    html, _ = HTMLExporter().from_notebook_node(nb)
+    static_widgets(nb)
+    exporter = HTMLExporter(mathjax_url=f"{local_mathjax(out_dir)}/MathJax.js?config={MATHJAX_CONFIG}",
+                            require_js_url="data:text/javascript,")
+    html, _ = exporter.from_notebook_node(nb)
     page = out_dir / f"{path.stem}.html"
     page.write_text(html, encoding="utf-8")
     return Rendered(page, nb, seconds)
+
+
+def static_widgets(nb) -> int:
+    """Replace every widget view among the outputs by :data:`WIDGET_NOTE`; drop the saved widget state.
+
+    Returns how many outputs were replaced.
+    """
+    replaced = 0
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if "application/vnd.jupyter.widget-view+json" in data:
+                out["data"] = {"text/plain": WIDGET_NOTE}
+                replaced += 1
+    nb.metadata.pop("widgets", None)
+    return replaced
+
+
+def local_mathjax(out_dir: Path) -> str:
+    """Copy MathJax 2.7 (from the ``jupyter-server-mathjax`` package) to ``out_dir/mathjax`` once;
+    return the folder's name, relative to the pages, so that formulas render without a network."""
+    import shutil
+
+    import jupyter_server_mathjax
+
+    target = out_dir / "mathjax"
+    if not (target / "MathJax.js").is_file():
+        source = Path(jupyter_server_mathjax.__file__).parent / "static"
+        shutil.copytree(source, target, dirs_exist_ok=True)
+    return target.name
 
 
 def execute(path: Path, timeout: int = 3600):

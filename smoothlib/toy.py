@@ -249,6 +249,7 @@ def load_toy_components(device=None, dtype=None, path: str | Path | None = None)
     """
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
+    from transformers.utils import logging as hf_logging
 
     root = Path(path) if path is not None else data_dir() / "toy"
     for part in ("unet", "text_encoder"):
@@ -257,7 +258,13 @@ def load_toy_components(device=None, dtype=None, path: str | Path | None = None)
     device = torch.device(device or "cpu")
     dtype = dtype or torch.float32
     unet = UNet2DConditionModel.from_pretrained(root / "unet", local_files_only=True)
-    text_encoder = CLIPTextModel.from_pretrained(root / "text_encoder", local_files_only=True)
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()   # a bar for a 1 MB local file is noise on every page that loads the world
+    try:
+        text_encoder = CLIPTextModel.from_pretrained(root / "text_encoder", local_files_only=True)
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
     for model in (unet, text_encoder):
         model.to(device).eval().requires_grad_(False)
         if dtype != torch.float32:

@@ -39,25 +39,39 @@ def save_grid(images: torch.Tensor, path: str | Path, **kwargs) -> Path:
     return path
 
 
-def show_rows(rows: dict[str, torch.Tensor], captions: list[str] | None = None, size: float = 1.2):
+def show_rows(rows: dict[str, torch.Tensor], captions: list[str] | None = None, size: float = 1.2,
+              columns: dict[str, list[int]] | None = None):
     """Plot several batches [F, C, H, W] in [0, 1] as labelled rows (matplotlib); returns the figure.
 
-    ``captions`` (one per column) go above the first row, e.g. the interpolation weights.
+    ``captions`` (one per column) go above the top row, e.g. the interpolation weights.
+    ``columns`` places a shorter row's images in chosen columns, e.g. ``{"inputs": [0, -1]}``
+    puts a walk's two input images under its first and last frame; other rows fill from the left.
+    Empty cells keep an image's shape, so that captions and rows stay aligned.
     """
     import matplotlib.pyplot as plt
 
+    columns = columns or {}
     ncol = max(len(r) for r in rows.values())
+    unknown = set(columns) - set(rows)
+    if unknown:
+        raise ValueError(f"columns names rows that are not there: {sorted(unknown)}")
     fig, axes = plt.subplots(len(rows), ncol, figsize=(size * ncol, size * len(rows) + 0.3), squeeze=False)
     for i, (label, images) in enumerate(rows.items()):
+        where = [c % ncol for c in columns.get(label, range(len(images)))]
+        if len(where) != len(images):
+            raise ValueError(f"row {label!r} has {len(images)} images but columns gives {len(where)} places")
+        shape = images.shape[-2:]
         for j in range(ncol):
             ax = axes[i, j]
             ax.set_xticks([])
             ax.set_yticks([])
             for side in ax.spines.values():
                 side.set_visible(False)
-            if j < len(images):
-                im = images[j].detach().float().clamp(0, 1).cpu()
+            if j in where:
+                im = images[where.index(j)].detach().float().clamp(0, 1).cpu()
                 ax.imshow(im[0] if im.shape[0] == 1 else im.permute(1, 2, 0), cmap="gray", vmin=0, vmax=1)
+            else:  # an invisible image of the same size: the cell keeps its shape
+                ax.imshow(np.zeros(tuple(shape)), alpha=0.0, cmap="gray")
             if j == 0:
                 ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
             if i == 0 and captions is not None and j < len(captions):
@@ -79,3 +93,61 @@ def plot_distances(distances: dict[str, torch.Tensor], ax=None, title: str = "ad
     ax.set_title(title)
     ax.legend(fontsize=8)
     return ax
+
+
+def scrubber_html(rows: dict[str, torch.Tensor], captions: list[str] | None = None, size: int = 160,
+                  interval_ms: int = 150) -> str:
+    """A walk scrubber that needs no kernel: one slider (and Play) moving every row to the same frame.
+
+    ``rows`` maps a label to frames [F, C, H, W] in [0, 1], all with the same F; ``captions``
+    (F of them, e.g. the eta of each frame) show under the slider. The frames are embedded as PNG
+    data URIs and a few lines of JavaScript swap them, so the page scrubs in a static HTML export,
+    offline, as well as in Jupyter and Colab (``IPython.display.HTML(scrubber_html(...))``).
+    Written by hand because ipywidgets' ``jslink`` needs the widget manager's JavaScript, which a
+    static page would have to fetch from a CDN.
+    """
+    import base64
+    import html
+    import io
+    import json
+    import uuid
+
+    counts = {len(frames) for frames in rows.values()}
+    if len(counts) != 1:
+        raise ValueError(f"every row needs the same number of frames, got {sorted(counts)}")
+    (count,) = counts
+    if captions is not None and len(captions) != count:
+        raise ValueError(f"{len(captions)} captions for {count} frames")
+
+    def uri(image: torch.Tensor) -> str:
+        buf = io.BytesIO()
+        to_pil(image).resize((size, size), Image.NEAREST).save(buf, format="PNG")
+        return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+    key = "scrub" + uuid.uuid4().hex[:8]
+    frames = {label: [uri(im) for im in images] for label, images in rows.items()}
+    figures = "".join(
+        f'<figure style="display:inline-block;margin:4px;text-align:center">'
+        f'<img id="{key}-{i}" src="{uris[0]}" width="{size}" height="{size}" alt="{html.escape(label)}, frame 0" '
+        f'style="image-rendering:pixelated"><figcaption>{html.escape(label)}</figcaption></figure>'
+        for i, (label, uris) in enumerate(frames.items()))
+    labels = json.dumps(captions or [str(k) for k in range(count)]).replace("</", "<\\/")   # no "</script>" inside
+    return f"""<div id="{key}">{figures}<div>
+<button id="{key}-play">Play</button>
+<input id="{key}-slider" type="range" min="0" max="{count - 1}" value="0" step="1" style="width:{max(2 * size, 240)}px">
+<span id="{key}-label"></span></div>
+<script>(function() {{
+  const frames = {json.dumps(list(frames.values()))}, labels = {labels};
+  const slider = document.getElementById("{key}-slider"), label = document.getElementById("{key}-label");
+  function show(k) {{
+    frames.forEach((row, i) => {{ document.getElementById("{key}-" + i).src = row[k]; }});
+    label.textContent = labels[k];
+  }}
+  slider.addEventListener("input", () => show(+slider.value));
+  let timer = null;
+  document.getElementById("{key}-play").addEventListener("click", () => {{
+    if (timer) {{ clearInterval(timer); timer = null; return; }}
+    timer = setInterval(() => {{ slider.value = (+slider.value + 1) % {count}; show(+slider.value); }}, {interval_ms});
+  }});
+  show(0);
+}})();</script></div>"""

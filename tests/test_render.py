@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from smoothlib.course import expected_images, images_in, notebooks, render
+from smoothlib.course import WIDGET_NOTE, expected_images, images_in, notebooks, render
 
 NOTEBOOKS = notebooks()
 
@@ -23,3 +23,11 @@ def test_rendered_page_has_every_figure(path, tmp_path, monkeypatch):
     html = page.read_text()
     assert len(re.findall(r'src="data:image/', html)) >= sum(expected_images(c) for c in code)
     assert "<IPython.core.display.Image object>" not in html
+    # offline: no script from the network, formulas from the MathJax copied beside the page
+    assert not re.findall(r'<script[^>]+src="https?://', html), "the page loads a script from the network"
+    assert 'src="mathjax/MathJax.js?config=' in html and (page.parent / "mathjax" / "MathJax.js").is_file()
+    assert "application/vnd.jupyter.widget-view+json" not in html   # a widget would need a kernel or a CDN
+    if "ipywidgets" in "".join(c.source for c in code):
+        assert WIDGET_NOTE in html
+    if "scrubber_html(" in "".join(c.source for c in code):   # the walk scrubber works on the page
+        assert re.search(r'<input id="scrub\w+-slider"[^>]*type="range"', html) and "const frames" in html
