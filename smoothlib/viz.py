@@ -40,13 +40,14 @@ def save_grid(images: torch.Tensor, path: str | Path, **kwargs) -> Path:
 
 
 def show_rows(rows: dict[str, torch.Tensor], captions: list[str] | None = None, size: float = 1.2,
-              columns: dict[str, list[int]] | None = None):
+              columns: dict[str, list[int]] | None = None, title: str | None = None):
     """Plot several batches [F, C, H, W] in [0, 1] as labelled rows (matplotlib); returns the figure.
 
     ``captions`` (one per column) go above the top row, e.g. the interpolation weights.
     ``columns`` places a shorter row's images in chosen columns, e.g. ``{"inputs": [0, -1]}``
     puts a walk's two input images under its first and last frame; other rows fill from the left.
-    Empty cells keep an image's shape, so that captions and rows stay aligned.
+    Empty cells keep an image's shape, so that captions and rows stay aligned. ``title`` goes
+    above everything, clear of the captions; the figure is widened for long row labels.
     """
     import matplotlib.pyplot as plt
 
@@ -55,7 +56,10 @@ def show_rows(rows: dict[str, torch.Tensor], captions: list[str] | None = None, 
     unknown = set(columns) - set(rows)
     if unknown:
         raise ValueError(f"columns names rows that are not there: {sorted(unknown)}")
-    fig, axes = plt.subplots(len(rows), ncol, figsize=(size * ncol, size * len(rows) + 0.3), squeeze=False)
+    label_width = 0.09 * max(len(label) for label in rows)   # inches for the row labels at font size 9
+    width = max(size * ncol + label_width, 0.1 * len(title or "") + 0.5)   # and for the title at size 10
+    height = size * len(rows) + 0.3 + (0.3 if title else 0.0)
+    fig, axes = plt.subplots(len(rows), ncol, figsize=(width, height), squeeze=False)
     for i, (label, images) in enumerate(rows.items()):
         where = [c % ncol for c in columns.get(label, range(len(images)))]
         if len(where) != len(images):
@@ -76,7 +80,9 @@ def show_rows(rows: dict[str, torch.Tensor], captions: list[str] | None = None, 
                 ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
             if i == 0 and captions is not None and j < len(captions):
                 ax.set_title(captions[j], fontsize=8)
-    fig.tight_layout()
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / height) if title else None)
     return fig
 
 

@@ -35,3 +35,10 @@ def test_bad_columns_are_refused():
         show_rows(_rows(), columns={"inputs": [0]})
     with pytest.raises(ValueError, match="not there"):
         show_rows(_rows(), columns={"input": [0, 1]})
+
+
+def test_long_labels_and_a_title_fit_without_a_layout_warning(recwarn):
+    fig = show_rows({"input": _rows()["inputs"][:1], "smooth, guidance 4": _rows()["inputs"][1:]},
+                    title="DDIM inversion, reconstructed without and with guidance")
+    assert not [w for w in recwarn if "ight layout" in str(w.message)]
+    assert fig._suptitle.get_text().startswith("DDIM inversion")
