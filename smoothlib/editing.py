@@ -47,13 +47,20 @@ def edit(world, image, source_prompt: str, target_prompt: str | list[str], ratio
          progress: bool = True) -> Tensor:
     """Edit a real image from ``source_prompt`` to ``target_prompt``: [B, C, H, W] in [0, 1].
 
-    ``image``: a tensor [C, H, W] in [0, 1] at the world's size, or any source
-    :func:`smoothlib.images.load_images` reads. Several target prompts give several edits
-    of the same inversion (one per target). Pass ``inversion`` (an NTI of ``image`` with
-    ``source_prompt``) to reuse it across ratios and targets; its guidance scale and number
-    of steps then replace the arguments.
+    ``image``: one image, a tensor [C, H, W] (or [1, C, H, W]) in [0, 1] of any float dtype,
+    or any source :func:`smoothlib.images.load_images` reads; NaN or inf is refused, and a
+    tensor not of the world's channels and size is converted (as for :func:`invert`).
+    Several target prompts give several edits of the same inversion (one per target). Pass
+    ``inversion`` (an NTI of ``image`` with ``source_prompt``) to reuse it across ratios and
+    targets; ``image`` is then not used, and the inversion's guidance scale and number of
+    steps replace the arguments.
     """
+    switch_schedule(num_steps, ratio)  # checks the ratio before any inversion
     if inversion is None:
+        from .images import as_world_images
+        image = as_world_images(image, world, "the image")
+        if image.shape[0] != 1:
+            raise ValueError(f"edit works on one image; got a batch of {image.shape[0]}")
         inversion = invert(world, image, source_prompt, "nti", guidance_scale, num_steps, progress=progress)
     guidance_scale, num_steps = inversion.guidance_scale, inversion.num_steps  # what the nulls were fitted for
     if inversion.x_T.shape[0] != 1:

@@ -178,11 +178,8 @@ def _sample_with_null_text(unet, scheduler, x_T, cond, unconds, guidance_scale, 
 
 
 def _images_and_cond(world, images, prompts) -> tuple[Tensor, Tensor]:
-    if not isinstance(images, Tensor):
-        from .images import load_images
-        images, _ = load_images(images, world)
-    if images.ndim == 3:
-        images = images.unsqueeze(0)
+    from .images import as_world_images
+    images = as_world_images(images, world)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if len(prompts) not in (1, images.shape[0]):
         raise ValueError(f"{len(prompts)} prompts for {images.shape[0]} images; pass one prompt or one per image")
@@ -195,8 +192,10 @@ def invert(world, images, prompts: str | list[str], method: str = "nti", guidanc
            num_steps: int = 50, shared: bool = False, progress: bool = True, **nti_options) -> Inversion:
     """Invert real images in a World: ``method`` "ddim" (guidance 1, prompt-conditioned) or "nti".
 
-    ``images``: a tensor [B, C, H, W] (or [C, H, W]) in [0, 1] at the world's size, or
-    sources for :func:`smoothlib.images.load_images`. ``guidance_scale`` is the one the
+    ``images``: a tensor [B, C, H, W] (or [C, H, W]) in [0, 1], any float dtype, or sources for
+    :func:`smoothlib.images.load_images`; NaN or inf is refused, and a tensor not of the world's
+    channels and size is converted as :func:`smoothlib.images.as_world_images` says (e.g. RGB
+    to grayscale on the toy world). ``guidance_scale`` is the one the
     reconstruction will use (NTI fits its null embeddings for it). ``shared=True`` (NTI only)
     fits one set of null embeddings for all images.
     """
@@ -251,12 +250,15 @@ def reconstruction_protocol(world, images: Tensor, prompts: list[str], methods=M
     2. for each method: invert (DDIM: prompt, guidance 1; NTI: fitted for ``guidance_scale``),
        sample back with guidance ``guidance_scale``, decode;
     3. MSE ([-1, 1]), PSNR, SSIM (and LPIPS with an ``lpips`` callable) per image against the input.
-    ``images`` [N, C, H, W] in [0, 1], ``prompts`` one caption per image; batches of ``batch_size``.
+    ``images`` [N, C, H, W] in [0, 1] (checked and converted as in :func:`invert`; the converted
+    images are the reference), ``prompts`` one caption per image; batches of ``batch_size``.
     ``nti_options`` (``num_inner_steps``, ``early_stop_epsilon``) go to :func:`null_text_inversion`.
     """
-    if images.ndim != 4 or len(prompts) != images.shape[0]:
-        raise ValueError(f"need images [N, C, H, W] and one prompt each; got {tuple(images.shape)} "
-                         f"and {len(prompts)} prompts")
+    from .images import as_world_images
+    if not isinstance(images, Tensor) or images.ndim != 4 or len(prompts) != images.shape[0]:
+        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"need images [N, C, H, W] and one prompt each; got {shape} and {len(prompts)} prompts")
+    images = as_world_images(images, world)
     names = (["vae"] if world.vae is not None else []) + list(methods)
     outputs: dict[str, list[Tensor]] = {m: [] for m in names}
     starts = range(0, len(prompts), batch_size)

@@ -166,9 +166,14 @@ def load_smooth_lora(unet, source: str | Path | None = None, *, weight_name: str
 
     ``source``: a ``.safetensors`` file, a folder holding one, or a Hub repo id
     (default: the release, ``shi-labs/smooth-diffusion-lora`` / ``smooth_lora.safetensors``;
-    ``revision`` pins it). Pickle files are refused. Recipe:
+    ``revision`` pins it). Pickle files are refused.
 
-    1. find the file and read it (safetensors only);
+    The file must hold, for each adapted Linear layer [out, in], a down (A) tensor [r, in]
+    and an up (B) tensor [out, r] in one of the formats of the module docstring, optionally
+    an alpha per layer, every value finite (a NaN or inf anywhere refuses the file, naming
+    the tensor). Recipe:
+
+    1. find the file and read it (safetensors only); check every tensor is finite;
     2. convert its keys to peft's (``<layer>.lora_A/B.weight``), with an alpha per layer
        (metadata or kohya ``.alpha``; else alpha = rank, the release's scale 1);
     3. check every tensor against the UNet; with ``strict`` (default) every attention
@@ -250,10 +255,17 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
         _refuse_pickle(path)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, (f.metadata() or {})
+            tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, (f.metadata() or {})
     except SafetensorError as err:
         raise LoraLoadError(f"{path} is not a valid safetensors file ({err}); smoothlib reads LoRA "
                             "weights from .safetensors files only (pickle files are refused)") from err
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise LoraLoadError(f"{path}: tensor {bad[0]!r}{more} holds NaN or infinite values (a diverged "
+                            "training run, or a damaged file); nothing was loaded. Use an earlier checkpoint "
+                            "or retrain with a lower learning rate")
+    return tensors, metadata
 
 
 def _parse(state_dict, metadata, unet) -> tuple[str, dict[str, _Pair], list[str]]:

@@ -13,6 +13,10 @@ pixels in [0, 1] at the model's own resolution, the Euclidean norm and the popul
 PPL and PDV (DiffMorpher, Zhang et al. CVPR 2024) are the same with a perceptual distance
 (LPIPS, Zhang et al. 2018): PPL = sum of d_k, PDV = std of d_k.
 
+Inputs: every metric takes a float tensor (any float dtype, bfloat16 included; computed in
+float64) with values in [0, 1] and no NaN, or a list or tuple of equal-shape tensors, which
+is stacked on a new first axis (a list of F frames [C, H, W] is a walk [F, C, H, W]).
+
 Reconstruction (Table 2 of the paper): MSE on images scaled to [-1, 1], PSNR on [0, 1]
 per image then averaged, SSIM (Wang, Bovik, Sheikh & Simoncelli 2004):
 
@@ -49,10 +53,23 @@ def _check_range(images: Tensor, what: str) -> None:
                          "images in [-1, 1] must be mapped with (x + 1) / 2 first")
 
 
-def _as_walks(frames: Tensor) -> Tensor:
-    """Frames [F, C, H, W] or [P, F, C, H, W] -> [P, F, C, H, W], checked."""
-    if not isinstance(frames, Tensor):
-        raise TypeError(f"frames must be a torch.Tensor, got {type(frames).__name__}")
+def _stacked(x, what: str) -> Tensor:
+    """A tensor as it is; a (nested) list or tuple of equal-shape tensors stacked on a new first axis."""
+    if isinstance(x, Tensor):
+        return x
+    if not isinstance(x, (list, tuple)) or not x:
+        raise TypeError(f"{what} must be a torch.Tensor or a non-empty list of tensors, got {type(x).__name__}"
+                        + (" (convert with torch.from_numpy)" if type(x).__module__ == "numpy" else ""))
+    parts = [_stacked(item, what) for item in x]
+    shapes = sorted({tuple(p.shape) for p in parts})
+    if len(shapes) > 1:
+        raise ValueError(f"cannot stack the list of {what}: its tensors differ in shape {shapes}")
+    return torch.stack(parts)
+
+
+def _as_walks(frames) -> Tensor:
+    """Frames [F, C, H, W] or [P, F, C, H, W] (or lists of them) -> [P, F, C, H, W], checked."""
+    frames = _stacked(frames, "frames")
     if frames.ndim == 4:
         frames = frames.unsqueeze(0)
     if frames.ndim != 5:
@@ -66,19 +83,20 @@ def _as_walks(frames: Tensor) -> Tensor:
 # --------------------------------------------------------------------------- smoothness
 
 
-def adjacent_distances(frames: Tensor) -> Tensor:
+def adjacent_distances(frames: Tensor | list[Tensor]) -> Tensor:
     """The F - 1 Euclidean distances ||I_{k+1} - I_k||_2 between adjacent frames.
 
-    ``frames`` [F, C, H, W] gives [F - 1]; a batch of walks [P, F, C, H, W] gives [P, F - 1].
-    Computed in float64.
+    ``frames`` [F, C, H, W] (or a list of F tensors [C, H, W]) gives [F - 1]; a batch of
+    walks [P, F, C, H, W] gives [P, F - 1]. Computed in float64.
     """
+    frames = _stacked(frames, "frames")
     single = frames.ndim == 4
     walks = _as_walks(frames).double()
     d = (walks[:, 1:] - walks[:, :-1]).flatten(2).norm(dim=2)
     return d[0] if single else d
 
 
-def istd(frames: Tensor) -> Tensor:
+def istd(frames: Tensor | list[Tensor]) -> Tensor:
     """Interpolation standard deviation: the population std of the adjacent distances.
 
     ``frames`` [F, C, H, W] in [0, 1] gives the walk's score; [P, F, C, H, W] gives the
@@ -87,10 +105,10 @@ def istd(frames: Tensor) -> Tensor:
     return istd_per_walk(frames).mean()
 
 
-def istd_per_walk(frames: Tensor) -> Tensor:
+def istd_per_walk(frames: Tensor | list[Tensor]) -> Tensor:
     """ISTD of each walk: [P] for frames [P, F, C, H, W] ([1] for a single walk)."""
-    d = adjacent_distances(frames).reshape(-1, frames.shape[-4] - 1)
-    return d.std(dim=1, correction=0)
+    d = adjacent_distances(frames)
+    return d.reshape(-1, d.shape[-1]).std(dim=1, correction=0)
 
 
 def _perceptual_distances(frames: Tensor, distance: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
@@ -149,7 +167,8 @@ def lpips_distance(net: str = "alex", device=None) -> Callable[[Tensor, Tensor],
 # --------------------------------------------------------------------------- reconstruction
 
 
-def _pair(images: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:
+def _pair(images, reference) -> tuple[Tensor, Tensor]:
+    images, reference = _stacked(images, "images"), _stacked(reference, "reference")
     if images.shape != reference.shape:
         raise ValueError(f"images {tuple(images.shape)} and reference {tuple(reference.shape)} differ in shape")
     if images.ndim == 3:

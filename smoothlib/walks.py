@@ -103,15 +103,17 @@ def image_walk(world, image_a, image_b, prompt_a: str, prompt_b: str | None = No
                inversion: Inversion | None = None, progress: bool = True) -> Tensor:
     """Frames between two real images: [F, C, H, W] in [0, 1] (recipe in the module docstring).
 
-    ``image_a``/``image_b``: tensors [C, H, W] in [0, 1] at the world's size or any source
-    :func:`smoothlib.images.load_images` reads. ``prompt_b`` (default ``prompt_a``) captions
-    the second image; the frames' prompt embeddings are lerped between the two. Pass a
-    precomputed shared ``inversion`` (of ``[image_a, image_b]``) to skip the inversion.
+    ``image_a``/``image_b``: tensors [C, H, W] in [0, 1] (any float dtype) or any source
+    :func:`smoothlib.images.load_images` reads; NaN or inf is refused and a tensor not of the
+    world's channels and size is converted (:func:`smoothlib.images.as_world_images`).
+    ``prompt_b`` (default ``prompt_a``) captions the second image; the frames' prompt
+    embeddings are lerped between the two. Pass a precomputed shared ``inversion`` (of
+    ``[image_a, image_b]``) to skip the inversion.
     """
     prompt_b = prompt_a if prompt_b is None else prompt_b
     if inversion is None:
-        from .images import load_images
-        images = [im if isinstance(im, Tensor) else load_images(im, world)[0][0] for im in (image_a, image_b)]
+        from .images import as_world_images
+        images = [as_world_images(im, world, name)[0] for im, name in ((image_a, "image_a"), (image_b, "image_b"))]
         inversion = invert(world, torch.stack(images), [prompt_a, prompt_b], "nti", guidance_scale, num_steps,
                            shared=True, progress=progress)
     if inversion.null_embeddings is None or inversion.null_embeddings[0].shape[0] != 1:

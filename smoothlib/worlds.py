@@ -16,6 +16,7 @@ only, and every Hub failure becomes a :class:`HubAccessError` that says what to 
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
@@ -312,9 +313,28 @@ def _download(repo_id: str, *, revision, variant, token, cache_dir, local_files_
 
 def _check_folder(folder: Path, variant: str | None) -> None:
     """Refuse a folder that is not a diffusers pipeline, or whose weights exist only as pickle."""
-    if not (folder / "model_index.json").is_file():
+    index = folder / "model_index.json"
+    if not index.is_file():
         raise ValueError(f"{folder} is not a saved diffusers pipeline (no model_index.json); "
                          "save one with StableDiffusionPipeline.save_pretrained(folder)")
+    redo = "save the pipeline again with StableDiffusionPipeline.save_pretrained(folder), or download it again"
+    try:
+        text = index.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{index} is not UTF-8 text ({err.reason}); {redo}") from None
+    if not text.strip():
+        raise ValueError(f"{index} is empty; {redo}")
+    try:
+        content = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{index} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); "
+                         f"{redo}") from None
+    if not isinstance(content, dict):
+        raise ValueError(f"{index} holds a JSON {type(content).__name__}, not an object naming the pipeline's "
+                         f"parts; {redo}")
+    missing = [part for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if part not in content]
+    if missing:
+        raise ValueError(f"{index} does not describe a Stable Diffusion pipeline (no {', '.join(missing)}); {redo}")
     infix = f".{variant}" if variant else ""
     for part in _COMPONENTS:
         files = [f for f in (folder / part).iterdir() if infix in f.name] if (folder / part).is_dir() else []
