@@ -103,6 +103,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", default=str(ROOT / "runs" / "toy_lora"))
     p.add_argument("--resume", action="store_true", help="continue from the run's newest checkpoint")
+    p.add_argument("--overwrite-output-dir", action="store_true",
+                   help="start the run afresh in a folder that holds an earlier one (moved aside, not deleted)")
     a = p.parse_args(argv)
     if a.ship:
         ship(a.ship, Path(a.runs), ROOT / "data")
@@ -117,7 +119,7 @@ def main(argv=None) -> int:
     out = Path(a.runs) / a.name
     cfg = TrainConfig(**{**RECIPE, "max_train_steps": a.steps}, lambda_reg=a.lambda_reg, seed=a.seed,
                       estimator=a.estimator, reg_every=a.reg_every, reg_t_buckets=a.t_buckets, reg_relative=a.relative, output_dir=str(out),
-                      resume="latest" if a.resume else None)
+                      resume="latest" if a.resume else None, overwrite_output_dir=a.overwrite_output_dir)
     result = train(cfg)
     record = {"name": a.name, "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
               "lambda_reg": a.lambda_reg, "seed": a.seed, "estimator": a.estimator, "reg_every": a.reg_every, "t_buckets": a.t_buckets,

@@ -10,9 +10,11 @@ A checkpoint is a folder ``checkpoint-<step>`` holding
 Recipe for a write that a crash cannot half-finish:
 1. write both files into ``checkpoint-<step>.tmp``, flush and fsync them;
 2. rename the folder to ``checkpoint-<step>`` (atomic on POSIX file systems);
-3. only then delete checkpoints beyond ``keep``.
+3. only then delete the oldest checkpoints beyond ``keep`` (never the new one,
+   never one of a later step).
 A run killed at any point leaves every earlier checkpoint intact, and a file
 cut short later (disk full, copy interrupted) fails the checksum on load.
+The caller checks that the tensors are finite before calling (the trainer does).
 """
 from __future__ import annotations
 
@@ -49,7 +51,12 @@ def _fsync(path: Path) -> None:
 
 def save_checkpoint(output_dir: str | Path, step: int, tensors: dict[str, torch.Tensor],
                     meta: dict, keep: int | None = None) -> Path:
-    """Write ``output_dir/checkpoint-<step>`` atomically; keep only the newest ``keep`` (None: all)."""
+    """Write ``output_dir/checkpoint-<step>`` atomically; keep it and the ``keep - 1`` newest earlier ones (None: all).
+
+    Checkpoints of a later step than ``step`` are never deleted. ``keep`` must be None or >= 1.
+    """
+    if keep is not None and not (isinstance(keep, int) and keep >= 1):
+        raise ValueError(f"keep must be None or an integer >= 1, got {keep!r}")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     final = output_dir / f"checkpoint-{step:08d}"
@@ -66,9 +73,18 @@ def save_checkpoint(output_dir: str | Path, step: int, tensors: dict[str, torch.
         shutil.rmtree(final)
     os.replace(tmp, final)
     if keep is not None:
-        for old in list_checkpoints(output_dir)[:-keep]:
+        earlier = [p for p in list_checkpoints(output_dir) if checkpoint_step(p) < step]
+        for old in earlier[:max(len(earlier) - (keep - 1), 0)]:
             shutil.rmtree(old)
     return final
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """The step in a checkpoint folder's name (``checkpoint-00000042`` -> 42)."""
+    match = _NAME.match(Path(path).name)
+    if match is None:
+        raise CheckpointError(f"{path} is not named checkpoint-<step>")
+    return int(match.group(1))
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
@@ -77,7 +93,7 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     if not output_dir.is_dir():
         return []
     found = [p for p in output_dir.iterdir() if p.is_dir() and _NAME.match(p.name)]
-    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
+    return sorted(found, key=checkpoint_step)
 
 
 def verify_checkpoint(path: str | Path) -> None:
@@ -104,7 +120,7 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[dict[s
     try:
         verify_checkpoint(path)
     except CheckpointError as e:
-        earlier = [p for p in list_checkpoints(path.parent) if p != path and _is_good(p)]
+        earlier = [p for p in list_checkpoints(path.parent) if p != path and is_intact(p)]
         hint = (f"; the newest intact checkpoint is {earlier[-1]}: resume from it"
                 if earlier else "; no intact checkpoint is left in that folder")
         raise CheckpointError(f"cannot resume from {path}: {e}{hint}") from e
@@ -114,11 +130,12 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[dict[s
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
     """The newest intact checkpoint in ``output_dir``, or None."""
-    good = [p for p in list_checkpoints(output_dir) if _is_good(p)]
+    good = [p for p in list_checkpoints(output_dir) if is_intact(p)]
     return good[-1] if good else None
 
 
-def _is_good(path: Path) -> bool:
+def is_intact(path: str | Path) -> bool:
+    """Whether ``path`` is a complete, undamaged checkpoint (see :func:`verify_checkpoint`)."""
     try:
         verify_checkpoint(path)
         return True

@@ -4,14 +4,43 @@ Defaults are the released Smooth LoRA's recipe (the release's script and model c
 four attention projections, AdamW at a constant 1e-4, gradient-norm clip 1,
 30,000 optimizer steps of batch 96 = 3 per GPU x 4 GPUs x 8 accumulation
 steps, seed 42, lambda = 1), except where a field says otherwise.
+
+Every value is checked when a :class:`TrainConfig` is built (so on the command line when
+the flags are parsed): a bad one raises :class:`ConfigError` naming its flag, e.g.
+``--learning-rate must be a finite number > 0, got nan``.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import math
+import numbers
 from dataclasses import dataclass, field
 
 from .regularizer import ESTIMATORS
+
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+"""The diffusers.optimization schedules the trainer can run (each needs only warmup and total steps)."""
+
+RESUME_FIXED = ("rank", "lora_alpha", "reg_t_buckets")
+"""Settings a resume can never change: the checkpoint's tensors are shaped or scaled by them."""
+
+RESUME_FREE = ("output_dir", "resume", "max_train_steps", "checkpointing_steps", "checkpoints_total_limit",
+               "validation_prompts", "validation_steps", "validation_guidance", "validation_num_steps",
+               "report_to", "save_release_format", "dataloader_num_workers", "progress",
+               "gradient_checkpointing", "overwrite_output_dir", "resume_override")
+"""Settings a resume may change without naming them: the run's length, bookkeeping and memory.
+Every other setting must equal the checkpoint's unless named in ``resume_override``."""
+
+
+class ConfigError(ValueError):
+    """A setting is invalid, or contradicts the output folder or the checkpoint it resumes (the message names the flag)."""
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a config field: ``learning_rate`` -> ``--learning-rate``."""
+    return "--" + name.replace("_", "-")
 
 
 @dataclass
@@ -24,10 +53,11 @@ class TrainConfig:
     captions: str | None = None
     """A JSONL of {"file_name", "caption"} lines (the release's layout); default: <data>/metadata.jsonl."""
     resolution: int = 512
-    """Training images are resized (shorter side) and randomly cropped to this size."""
+    """Training images are resized (shorter side) and randomly cropped to this size. A pixel-space world (the toy one) has one fixed size, which this must equal (16 for toy)."""
     caption_dropout: float = 0.0
     """Share of captions replaced by "" (the release uses none; the toy world uses some for guidance)."""
     output_dir: str = "runs/smooth-lora"
+    """The run's folder. A fresh run refuses one that holds another run (see overwrite_output_dir)."""
 
     # -- the LoRA
     rank: int = 8
@@ -56,11 +86,12 @@ class TrainConfig:
     # -- optimisation
     learning_rate: float = 1e-4
     lr_scheduler: str = "constant"
-    """Any diffusers.optimization schedule name: constant, constant_with_warmup, cosine, linear, ..."""
+    """A diffusers.optimization schedule: constant, constant_with_warmup, linear, cosine, cosine_with_restarts or polynomial."""
     lr_warmup_steps: int = 0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
+    """Must be > 0: a LoRA's A matrices start with zero gradients, and 0 / (sqrt(0) + 0) is NaN."""
     weight_decay: float = 1e-2
     """AdamW weight decay. The paper says 1e-4; the released weights were trained with the script's 1e-2, which we keep."""
     max_grad_norm: float = 1.0
@@ -68,7 +99,7 @@ class TrainConfig:
     """Per process."""
     gradient_accumulation_steps: int = 8
     max_train_steps: int = 30_000
-    """Optimizer steps (each of train_batch_size x processes x gradient_accumulation_steps samples)."""
+    """Optimizer steps (each of train_batch_size x processes x gradient_accumulation_steps samples); on resume, must exceed the checkpoint's step."""
     mixed_precision: str = "no"
     """"no" (fp32), "fp16" or "bf16": autocast for the UNet, LoRA weights kept in fp32."""
     gradient_checkpointing: bool = False
@@ -78,8 +109,13 @@ class TrainConfig:
     # -- bookkeeping
     checkpointing_steps: int = 500
     checkpoints_total_limit: int | None = 3
+    """Keep this many newest checkpoints (>= 1; "none" keeps all). Before each checkpoint the LoRA weights and optimizer moments are checked: a non-finite one stops the run and is never written."""
     resume: str | None = None
-    """A checkpoint folder, or "latest" (the newest intact one in output_dir)."""
+    """A checkpoint folder, or "latest" (the newest intact one in output_dir). Every setting must equal the checkpoint's, except those named in resume_override and these, free to change: max_train_steps (above the checkpoint's step), checkpointing, validation, report_to, progress, dataloader_num_workers, gradient_checkpointing. history.jsonl is cut back to the checkpoint's step."""
+    resume_override: list[str] = field(default_factory=list)
+    """Settings a resume may change, by name (learning_rate seed ...) or "all"; each change is printed old -> new and takes effect (the learning rate, betas, epsilon and weight decay replace the checkpoint's). rank, lora_alpha and reg_t_buckets can never change."""
+    overwrite_output_dir: bool = False
+    """Start a fresh run in an output_dir that holds another run: its checkpoint-*, history.jsonl, final/, validation/ and logs/ are moved, never deleted, into output_dir/replaced-<date>-<time>/. A resume from an older checkpoint of output_dir likewise moves the newer intact checkpoints there."""
     validation_prompts: list[str] = field(default_factory=list)
     validation_steps: int = 500
     validation_guidance: float = 7.5
@@ -92,26 +128,92 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        if self.lambda_reg < 0:
-            raise ValueError(f"lambda_reg must be >= 0, got {self.lambda_reg}")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ValueError(f"mixed_precision must be 'no', 'fp16' or 'bf16', got {self.mixed_precision!r}")
-        for name in ("rank", "train_batch_size", "gradient_accumulation_steps", "max_train_steps",
-                     "checkpointing_steps", "validation_steps", "reg_every", "resolution", "reg_t_buckets"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
-        if self.regularizer_h is not None:
-            if not self.regularizer_h > 0:
-                raise ValueError(f"regularizer_h must be > 0 (or None for the default), got {self.regularizer_h}")
-            if self.estimator != "finite_difference":
-                raise ValueError("regularizer_h is the finite-difference step: set estimator='finite_difference' "
-                                 "or leave regularizer_h unset")
+        _number(self, "resolution", 1, integer=True)
+        _number(self, "caption_dropout", 0, below=1)
+        _number(self, "rank", 1, integer=True)
+        _number(self, "lora_alpha", 0, exclusive=True, optional=True)
+        _number(self, "lambda_reg", 0)
+        _number(self, "reg_every", 1, integer=True)
+        _number(self, "reg_sub_batch", 1, integer=True, optional=True)
+        _number(self, "regularizer_h", 0, exclusive=True, optional=True)
+        _number(self, "reg_t_buckets", 1, integer=True)
+        _number(self, "noise_offset", 0)
+        _number(self, "learning_rate", 0, exclusive=True)
+        _number(self, "lr_warmup_steps", 0, integer=True)
+        _number(self, "adam_beta1", 0, below=1)
+        _number(self, "adam_beta2", 0, below=1)
+        _number(self, "adam_epsilon", 0, exclusive=True)
+        _number(self, "weight_decay", 0)
+        _number(self, "max_grad_norm", 0, exclusive=True)
+        for name in ("train_batch_size", "gradient_accumulation_steps", "max_train_steps",
+                     "checkpointing_steps", "validation_steps", "validation_num_steps"):
+            _number(self, name, 1, integer=True)
+        _number(self, "seed", 0, below=2**32, integer=True)
+        _number(self, "checkpoints_total_limit", 1, integer=True, optional=True)
+        _number(self, "validation_guidance", 0)
+        _number(self, "dataloader_num_workers", 0, integer=True)
+        _choice(self, "mixed_precision", ("no", "fp16", "bf16"))
+        _choice(self, "estimator", ESTIMATORS)
+        _choice(self, "lr_scheduler", LR_SCHEDULERS)
+        if self.regularizer_h is not None and self.estimator != "finite_difference":
+            raise ConfigError("--regularizer-h is the finite-difference step: set --estimator finite_difference "
+                              "or leave --regularizer-h unset")
         if self.reg_relative and self.reg_t_buckets == 1:
-            raise ValueError("reg_relative needs reg_t_buckets > 1: it weighs the ranges of t equally")
-        if not 0 <= self.caption_dropout < 1:
-            raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
+            raise ConfigError("--reg-relative needs --reg-t-buckets > 1: it weighs the ranges of t equally")
+        self.resume_override = [n.replace("-", "_") for n in self.resume_override]
+        names = {f.name for f in dataclasses.fields(self)}
+        for name in self.resume_override:
+            if name in RESUME_FIXED:
+                raise ConfigError(f"--resume-override: {name} can never change on resume (the checkpoint's "
+                                  "tensors are shaped or scaled by it); start a new run instead")
+            if name != "all" and name not in names:
+                raise ConfigError(f"--resume-override: unknown setting {name!r}; name config fields "
+                                  "(e.g. learning_rate seed) or 'all'")
+
+    def resume_changes(self, saved: dict, checkpoint) -> list[str]:
+        """Check this config against the ``saved`` config of the checkpoint it resumes.
+
+        Returns the allowed changes as "name: old -> new" lines; raises :class:`ConfigError` listing
+        every change of a setting in :data:`RESUME_FIXED`, or of one not in :data:`RESUME_FREE` and
+        not named in ``resume_override``. Settings the checkpoint does not record are not compared.
+        """
+        allowed, refused = [], []
+        for f in dataclasses.fields(self):
+            if f.name in RESUME_FREE or f.name not in saved:
+                continue
+            old, new = saved[f.name], json.loads(json.dumps(getattr(self, f.name)))
+            if old != new:
+                line = f"{f.name}: {old!r} -> {new!r}"
+                ok = f.name not in RESUME_FIXED and ("all" in self.resume_override or f.name in self.resume_override)
+                (allowed if ok else refused).append(line)
+        if refused:
+            names = [line.split(":")[0] for line in refused]
+            fixed = [n for n in names if n in RESUME_FIXED]
+            hint = (f"{', '.join(fixed)} can never change on resume: start a new run (another --output-dir)"
+                    if fixed else f"resume with the checkpoint's values, or allow the change: "
+                                  f"--resume-override {' '.join(names)}")
+            raise ConfigError(f"cannot resume from {checkpoint}: these settings differ from the checkpoint's:\n  "
+                              + "\n  ".join(refused) + f"\n{hint}")
+        return allowed
+
+
+def _number(cfg, name, low, *, below=None, exclusive=False, integer=False, optional=False):
+    """Raise ConfigError unless cfg.<name> is a finite number (an int if ``integer``) in range."""
+    value = getattr(cfg, name)
+    if optional and value is None:
+        return
+    kind = "an integer" if integer else "a finite number"
+    bounds = (f"in [{low}, {below})" if below is not None else f"> {low}" if exclusive else f">= {low}")
+    ok = isinstance(value, numbers.Integral if integer else numbers.Real) and not isinstance(value, bool)
+    ok = ok and math.isfinite(value) and (value > low if exclusive else value >= low)
+    ok = ok and (below is None or value < below)
+    if not ok:
+        raise ConfigError(f"{flag(name)} must be {kind} {bounds}{' (or none)' if optional else ''}, got {value!r}")
+
+
+def _choice(cfg, name, choices):
+    if getattr(cfg, name) not in choices:
+        raise ConfigError(f"{flag(name)} must be one of {', '.join(map(str, choices))}; got {getattr(cfg, name)!r}")
 
 
 def _field_help(cls) -> dict[str, str]:
@@ -128,21 +230,31 @@ def _field_help(cls) -> dict[str, str]:
     return helps
 
 
+def _optional(conv):
+    """A converter that also reads "none" as None (for the fields that may be None)."""
+    def read(text: str):
+        return None if text.lower() == "none" else conv(text)
+    read.__name__ = conv.__name__
+    return read
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls=TrainConfig) -> None:
     """One --flag per config field, with its default and docstring."""
     helps = _field_help(cls)
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        flag, text = "--" + f.name.replace("_", "-"), helps.get(f.name, "")
+        flag_, text = flag(f.name), helps.get(f.name, "")
         kind = f.type if isinstance(f.type, str) else str(f.type)
         if kind == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
+            parser.add_argument(flag_, action=argparse.BooleanOptionalAction, default=default, help=text)
         elif kind.startswith("list"):
-            parser.add_argument(flag, nargs="*", default=default, help=text)
+            parser.add_argument(flag_, nargs="*", default=default, help=text)
         else:
             base = kind.split("|")[0].strip()
             conv = {"int": int, "float": float, "str": str}[base]
-            parser.add_argument(flag, type=conv, default=default, help=f"{text} (default: {default})")
+            if "None" in kind and base != "str":
+                conv = _optional(conv)
+            parser.add_argument(flag_, type=conv, default=default, help=f"{text} (default: {default})")
 
 
 def from_args(args: argparse.Namespace, cls=TrainConfig) -> TrainConfig:

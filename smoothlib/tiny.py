@@ -98,6 +98,15 @@ def tiny_scheduler(prediction_type: str = "epsilon"):
                          steps_offset=1, prediction_type=prediction_type)
 
 
+def tiny_world(sample_size: int = 8, in_channels: int = 4, seed: int = 0):
+    """A pixel-space :class:`smoothlib.worlds.World` of the tiny parts (no VAE): images of
+    ``in_channels`` x ``sample_size`` x ``sample_size``, random weights, for tests."""
+    from .worlds import World
+
+    return World(name="tiny", unet=tiny_unet(seed, sample_size=sample_size, in_channels=in_channels),
+                 text_encoder=tiny_text_encoder(seed), tokenizer=word_tokenizer(), scheduler=tiny_scheduler())
+
+
 def tiny_pipeline(seed: int = 0):
     """A ``StableDiffusionPipeline`` of tiny components (safety checker off)."""
     from diffusers import StableDiffusionPipeline

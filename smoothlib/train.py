@@ -6,14 +6,24 @@
 or, from Python / a notebook, ``train(TrainConfig(...))``.
 
 Recipe of :func:`train`:
+0. refuse what would lose data or train silently wrong, before anything is built or written:
+   an output folder that holds another run than the one resumed (``--overwrite-output-dir``
+   moves it aside, never deletes), a checkpoint whose settings differ from this run's (each
+   listed old -> new; ``--resume-override`` names those that may change), a
+   ``--max-train-steps`` at or below the checkpoint's step;
 1. accelerator (device, processes, mixed precision), seed;
-2. the world, frozen; a fresh LoRA on its UNet, trainable, in fp32;
+2. the world, frozen (a pixel-space world's image size must equal ``--resolution``);
+   a fresh LoRA on its UNet, trainable, in fp32;
 3. data, AdamW, learning-rate schedule, the regularizer (its running mean a is state);
-4. resume from a checkpoint: LoRA, optimizer, schedule, a, step, data position;
+4. resume from a checkpoint: LoRA, optimizer, schedule, a, step, data position, RNG; this
+   run's learning rate, betas, epsilon and weight decay apply; ``history.jsonl`` is cut back
+   to the checkpoint's step, so no step appears twice;
 5. per micro-batch: encode images and captions, :func:`~smoothlib.train_step.training_step`,
    stop on a non-finite loss, backward;
 6. per optimizer step: average the LoRA gradients across processes, clip, step, log,
-   checkpoint, validation images;
+   checkpoint (after checking the LoRA weights, optimizer moments and a are finite: a
+   non-finite one stops the run unwritten, so the newest checkpoint stays the resume point),
+   validation images;
 7. the final LoRA in diffusers' format (and the release's on request).
 
 The UNet is not wrapped in DistributedDataParallel: its gradients are LoRA-sized
@@ -30,6 +40,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import re
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -38,8 +51,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import flatten_optimizer, latest_checkpoint, load_checkpoint, save_checkpoint, unflatten_optimizer
-from .config import TrainConfig, add_arguments, from_args
+from .checkpoint import (CheckpointError, checkpoint_step, flatten_optimizer, is_intact, latest_checkpoint,
+                         list_checkpoints, load_checkpoint, save_checkpoint, unflatten_optimizer)
+from .config import ConfigError, TrainConfig, add_arguments, from_args
 from .ddim import ddim_sample
 from .lora import attach_lora, save_smooth_lora
 from .regularizer import StepVariationRegularizer
@@ -59,13 +73,137 @@ class TrainResult:
 
 def _dataset(cfg: TrainConfig, world):
     if cfg.data is None:
-        raise ValueError("no training data: set data to an image folder with captions"
-                         + (' or "digits" for the toy world' if world.vae is None else ""))
+        raise ConfigError("no training data: set data to an image folder with captions"
+                          + (' or "digits" for the toy world' if world.vae is None else ""))
     if cfg.data == "digits":
         from .toy import DigitCaptions
         return DigitCaptions(split="train", seed=cfg.seed)
     from .data import CaptionedImageFolder
     return CaptionedImageFolder(cfg.data, cfg.resolution, cfg.captions, seed=cfg.seed)
+
+
+_RUN_ENTRY = re.compile(r"^(checkpoint-\d+(\.tmp)?|history\.jsonl|final|validation|logs)$")
+
+
+def _check_output_path(cfg: TrainConfig) -> None:
+    """Refuse an output_dir that is a file, or lies under one."""
+    for p in (Path(cfg.output_dir), *Path(cfg.output_dir).parents):
+        if p.exists():
+            if not p.is_dir():
+                raise ConfigError(f"--output-dir {cfg.output_dir}: {p} is a file, not a folder; "
+                                  "choose another --output-dir")
+            return
+
+
+def _open_checkpoint(accelerator, cfg: TrainConfig) -> tuple[Path | None, tuple | None]:
+    """The checkpoint to resume, read and verified: (path, (tensors, meta)); (None, None) for a fresh run.
+
+    Raises :class:`ConfigError` if its settings differ from ``cfg``'s (see
+    :meth:`TrainConfig.resume_changes`) or ``cfg.max_train_steps`` is not above its step.
+    """
+    if not cfg.resume:
+        return None, None
+    path = latest_checkpoint(cfg.output_dir) if cfg.resume == "latest" else Path(cfg.resume)
+    if path is None:
+        accelerator.print(f"resume='latest': no intact checkpoint in {cfg.output_dir}, starting from scratch")
+        return None, None
+    tensors, meta = load_checkpoint(path)
+    saved = meta.get("config", {})
+    for line in cfg.resume_changes(saved, path):
+        accelerator.print(f"resume override: {line}")
+    if cfg.max_train_steps <= meta["step"]:
+        raise ConfigError(f"--max-train-steps {cfg.max_train_steps} is at or below the step of {path} "
+                          f"({meta['step']}): there is nothing to train; set --max-train-steps above {meta['step']}")
+    if cfg.lr_scheduler not in ("constant", "constant_with_warmup") and saved.get("max_train_steps") not in (
+            None, cfg.max_train_steps):
+        accelerator.print(f"note: the {cfg.lr_scheduler} learning-rate schedule now ends at step "
+                          f"{cfg.max_train_steps} instead of {saved['max_train_steps']}")
+    return path, (tensors, meta)
+
+
+def _in_the_way(cfg: TrainConfig, resume_from: Path | None, resume_step: int) -> list[Path]:
+    """What of another run lies in output_dir: raise ConfigError, or with ``overwrite_output_dir`` return it.
+
+    A fresh run (or a resume from another folder) needs an output_dir without checkpoints,
+    ``history.jsonl`` records, ``final/`` or ``validation/``. A resume from a checkpoint of
+    output_dir needs it to hold no intact checkpoint of a later step; with the flag, those are
+    returned with ``final/``, ``validation/`` and ``history.jsonl`` (which the resume cuts back).
+    :func:`_move_aside` then moves them away, once nothing can fail before the run writes.
+    """
+    out = Path(cfg.output_dir)
+    if not out.is_dir():
+        return []
+    if resume_from is not None and resume_from.resolve().parent == out.resolve():
+        found = [p for p in list_checkpoints(out) if checkpoint_step(p) > resume_step and is_intact(p)]
+        what = f"intact checkpoints newer than {resume_from.name}, which this resume would mix with its own"
+        hint = "resume from the newest one (--resume latest), or pass --overwrite-output-dir to move the newer ones"
+        extra = [p for p in (out / "final", out / "validation", out / "history.jsonl") if found and p.exists()]
+    else:
+        entries = sorted(p for p in out.iterdir() if _RUN_ENTRY.match(p.name))
+        found = [p for p in entries if p.name != "logs" and not (p.name == "history.jsonl" and p.stat().st_size == 0)]
+        what = "another run"
+        hint = ("resume it with --resume latest, " if cfg.resume is None and latest_checkpoint(out) else "") + \
+            "choose another --output-dir, or pass --overwrite-output-dir to move that run"
+        extra = [p for p in entries if found and p not in found]
+    if found and not cfg.overwrite_output_dir:
+        raise ConfigError(f"--output-dir {out} holds {what} ({', '.join(p.name for p in found)}): {hint} into "
+                          f"{out}/replaced-<date>-<time>/ (nothing is deleted)")
+    return found + extra
+
+
+def _move_aside(accelerator, paths: list[Path], resumed: bool) -> None:
+    """Move ``paths`` (from :func:`_in_the_way`) into a new ``replaced-<date>-<time>/`` next to them.
+
+    When ``resumed``, ``history.jsonl`` is copied instead: the resumed run keeps its earlier records.
+    """
+    if paths and accelerator.is_main_process:
+        out, stamp = paths[0].parent, time.strftime("%Y%m%d-%H%M%S")
+        aside, n = out / f"replaced-{stamp}", 1
+        while aside.exists():
+            aside, n = out / f"replaced-{stamp}-{n}", n + 1
+        aside.mkdir()
+        done = []
+        for p in paths:
+            if resumed and p.name == "history.jsonl":
+                shutil.copy2(p, aside / p.name)
+                done.append(f"{p.name} (a copy)")
+            else:
+                p.rename(aside / p.name)
+                done.append(p.name)
+        accelerator.print(f"--overwrite-output-dir: moved {', '.join(done)} into {aside}; nothing was deleted")
+    accelerator.wait_for_everyone()
+
+
+def _check_resolution(cfg: TrainConfig, world) -> None:
+    """A pixel-space world (no VAE: the toy one) trains at its one image size only."""
+    if world.vae is None and tuple(world.image_size) != (cfg.resolution, cfg.resolution):
+        height, width = world.image_size
+        raise ConfigError(f"--resolution {cfg.resolution} does not match the image size of the world "
+                          f"{world.name!r}, {height}x{width}: a pixel-space world works at that size only; "
+                          f"use --resolution {height}")
+
+
+def _start_history(history_file: Path, step: int, accelerator) -> None:
+    """Start ``history.jsonl`` empty (step 0), or cut it back to ``step`` so no step is recorded twice."""
+    history_file.parent.mkdir(parents=True, exist_ok=True)
+    if step == 0 or not history_file.exists():
+        history_file.write_text("")
+        return
+    kept, dropped = [], 0
+    for line in history_file.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a crash
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line)
+        elif line.strip():
+            dropped += 1
+    if dropped:
+        tmp = history_file.with_name(history_file.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, history_file)
+        accelerator.print(f"{history_file}: dropped {dropped} record(s) after step {step}, which this run redoes")
 
 
 def _collate(items):
@@ -90,7 +228,31 @@ def _lora_named(unet) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in unet.named_parameters() if p.requires_grad}
 
 
+def _resume_point(cfg) -> str:
+    latest = latest_checkpoint(cfg.output_dir)
+    return (f"the newest checkpoint, {latest}, is where --resume latest continues" if latest
+            else "no checkpoint was written before it: start again with --overwrite-output-dir (which moves "
+                 "this run's files aside) or another --output-dir")
+
+
+def _on_every_process(accelerator, ok: bool) -> bool:
+    """True when ``ok`` holds on every process (a min-reduce across them)."""
+    flag = torch.tensor([1.0 if ok else 0.0], device=accelerator.device)
+    if accelerator.num_processes > 1:
+        flag = accelerator.reduce(flag, "min")
+    return flag.item() == 1
+
+
+def _first_nonfinite(tensors: dict[str, torch.Tensor]) -> str | None:
+    return next((n for n, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+
+
 def _save(accelerator, cfg, unet, optimizer, lr_sched, regularizer, step, micro_step, history_len):
+    """Write checkpoint-<step>, after checking on every process that its tensors are finite.
+
+    A non-finite LoRA weight, optimizer moment or running mean raises FloatingPointError
+    and nothing is written: the newest checkpoint on disk stays the one to resume.
+    """
     tensors = {f"lora.{n}": p for n, p in _lora_named(unet).items()}
     opt_tensors, opt_rest = flatten_optimizer(optimizer)
     tensors.update(opt_tensors)
@@ -99,6 +261,12 @@ def _save(accelerator, cfg, unet, optimizer, lr_sched, regularizer, step, micro_
                     "rng.torch": torch.get_rng_state()})
     if hasattr(regularizer, "seen"):
         tensors["regularizer.seen"] = regularizer.seen
+    bad = _first_nonfinite(tensors)
+    if not _on_every_process(accelerator, not bad):
+        raise FloatingPointError(
+            f"{bad or 'a tensor of another process'} is not finite after step {step}: checkpoint-{step:08d} "
+            f"was not written and training stopped; {_resume_point(cfg)}. Try a lower --learning-rate or "
+            "--max-grad-norm, a larger --adam-epsilon, or --mixed-precision no.")
     if accelerator.is_main_process:
         meta = {"micro_step": micro_step, "num_processes": accelerator.num_processes,
                 "optimizer": opt_rest, "lr_scheduler": lr_sched.state_dict(), "history_len": history_len,
@@ -108,26 +276,39 @@ def _save(accelerator, cfg, unet, optimizer, lr_sched, regularizer, step, micro_
     accelerator.wait_for_everyone()
 
 
-def _resume(accelerator, cfg, unet, optimizer, lr_sched, regularizer) -> tuple[int, int]:
-    path = latest_checkpoint(cfg.output_dir) if cfg.resume == "latest" else Path(cfg.resume)
-    if path is None:
-        accelerator.print(f"resume='latest': no intact checkpoint in {cfg.output_dir}, starting from scratch")
-        return 0, 0
-    tensors, meta = load_checkpoint(path)
+def _apply_hyperparameters(cfg, optimizer, lr_sched) -> None:
+    """After loading a checkpoint: this config's learning rate (at the schedule's step), betas, eps, weight decay."""
+    for group in optimizer.param_groups:
+        group.update(initial_lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon,
+                     weight_decay=cfg.weight_decay)
+    lr_sched.base_lrs = [cfg.learning_rate] * len(optimizer.param_groups)
+    lrs = [base * scale(lr_sched.last_epoch) for base, scale in zip(lr_sched.base_lrs, lr_sched.lr_lambdas)]
+    for group, lr in zip(optimizer.param_groups, lrs):
+        group["lr"] = lr
+    lr_sched._last_lr = lrs
+
+
+def _resume(accelerator, cfg, path, checkpoint, unet, optimizer, lr_sched, regularizer) -> tuple[int, int]:
+    """Load a checkpoint read by :func:`_open_checkpoint` into the run's state: (step, micro_step)."""
+    tensors, meta = checkpoint
     named = _lora_named(unet)
-    missing = [n for n in named if f"lora.{n}" not in tensors]
-    if missing:
-        raise ValueError(f"{path} does not match this LoRA ({len(missing)} tensors missing, e.g. {missing[0]}): "
-                         "resume with the rank and target modules the run started with")
+    wrong = [n for n, p in named.items() if f"lora.{n}" not in tensors or tensors[f"lora.{n}"].shape != p.shape]
+    if wrong:
+        raise ConfigError(f"{path} does not match this LoRA ({len(wrong)} of {len(named)} tensors missing or "
+                          f"shaped differently, e.g. {wrong[0]}): resume with the rank and target modules the "
+                          "run started with")
     with torch.no_grad():
         for n, p in named.items():
             p.copy_(tensors[f"lora.{n}"])
     unflatten_optimizer(optimizer, tensors, meta["optimizer"])
     lr_sched.load_state_dict(meta["lr_scheduler"])
+    _apply_hyperparameters(cfg, optimizer, lr_sched)
+    if "rng.torch" in tensors:
+        torch.set_rng_state(tensors["rng.torch"])
     a_all = tensors["regularizer.a_per_process"].reshape(meta["num_processes"], -1)
     if a_all.shape[1] != regularizer.a.numel():
-        raise ValueError(f"{path} holds {a_all.shape[1]} running mean(s) per process but this regularizer has "
-                         f"{regularizer.a.numel()}: resume with the reg_t_buckets the run started with")
+        raise ConfigError(f"{path} holds {a_all.shape[1]} running mean(s) per process but this regularizer has "
+                          f"{regularizer.a.numel()}: resume with the reg_t_buckets the run started with")
     if meta["num_processes"] != accelerator.num_processes:
         accelerator.print(f"resuming {meta['num_processes']} processes' state on {accelerator.num_processes}: "
                           "the running mean a is averaged and the data order changes")
@@ -161,16 +342,24 @@ def _validate(accelerator, cfg, world, step):
 
 
 def train(cfg: TrainConfig, world=None, dataset=None) -> TrainResult:
-    """Train a Smooth LoRA as configured; see the module docstring for the recipe."""
+    """Train a Smooth LoRA as configured; see the module docstring for the recipe.
+
+    Refusals (a bad output folder, resolution or resume) raise :class:`~smoothlib.config.ConfigError`;
+    a damaged checkpoint :class:`~smoothlib.checkpoint.CheckpointError`; a non-finite loss or
+    weight FloatingPointError, leaving the newest checkpoint on disk as the one to resume.
+    """
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, set_seed
     from diffusers.optimization import get_scheduler
 
     start = time.perf_counter()
-    # 1. accelerator and seed
+    # 0. and 1. the output folder and the checkpoint to resume, checked; accelerator and seed
+    _check_output_path(cfg)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=cfg.report_to,
                               project_dir=str(Path(cfg.output_dir) / "logs"),
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    resume_from, checkpoint = _open_checkpoint(accelerator, cfg)
+    in_the_way = _in_the_way(cfg, resume_from, checkpoint[1]["step"] if checkpoint else 0)
     set_seed(cfg.seed)
 
     # 2. frozen world, trainable fp32 LoRA
@@ -178,6 +367,7 @@ def train(cfg: TrainConfig, world=None, dataset=None) -> TrainResult:
         from .worlds import load_world
         weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.mixed_precision]
         world = load_world(cfg.world, device=accelerator.device, dtype=weight_dtype)
+    _check_resolution(cfg, world)
     for module in (world.unet, world.text_encoder, world.vae):
         if module is not None:
             module.requires_grad_(False)
@@ -187,18 +377,18 @@ def train(cfg: TrainConfig, world=None, dataset=None) -> TrainResult:
         p.data = p.data.float()
     if cfg.gradient_checkpointing:
         if cfg.lambda_reg > 0 and cfg.estimator == "exact":
-            raise ValueError("gradient checkpointing cannot be used with the exact regularizer: its recomputation "
-                             "does not reproduce the double backward's graph (torch.utils.checkpoint raises "
-                             "CheckpointError). Use --estimator finite_difference (first order, checkpointing "
-                             "works), save memory with --reg-sub-batch instead, or set --no-gradient-checkpointing.")
+            raise ConfigError("gradient checkpointing cannot be used with the exact regularizer: its recomputation "
+                              "does not reproduce the double backward's graph (torch.utils.checkpoint raises "
+                              "CheckpointError). Use --estimator finite_difference (first order, checkpointing "
+                              "works), save memory with --reg-sub-batch instead, or set --no-gradient-checkpointing.")
         unet.enable_gradient_checkpointing()
     unet.train()
 
     # 3. data, optimizer, schedule, regularizer
     dataset = dataset if dataset is not None else _dataset(cfg, world)
     if len(dataset) < cfg.train_batch_size * accelerator.num_processes:
-        raise ValueError(f"{len(dataset)} images cannot fill one batch of {cfg.train_batch_size} "
-                         f"on {accelerator.num_processes} process(es)")
+        raise ConfigError(f"{len(dataset)} images cannot fill one batch of {cfg.train_batch_size} "
+                          f"on {accelerator.num_processes} process(es)")
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.train_batch_size, shuffle=True, drop_last=True,
                                          num_workers=cfg.dataloader_num_workers, collate_fn=_collate,
                                          generator=torch.Generator().manual_seed(cfg.seed))
@@ -212,20 +402,20 @@ def train(cfg: TrainConfig, world=None, dataset=None) -> TrainResult:
                                            h=cfg.regularizer_h, t_buckets=cfg.reg_t_buckets, relative=cfg.reg_relative,
                                            num_train_timesteps=world.scheduler.config.num_train_timesteps,
                                            ).to(accelerator.device)
+
+    # 4. resume; from here on the run writes into output_dir
+    step, micro_step = (0, 0)
+    if checkpoint is not None:
+        step, micro_step = _resume(accelerator, cfg, resume_from, checkpoint, unet, optimizer, lr_sched, regularizer)
+        del checkpoint  # its tensors are in the run now
+    _move_aside(accelerator, in_the_way, resumed=resume_from is not None)
     if cfg.report_to:
         accelerator.init_trackers("smooth-lora", config={k: str(v) for k, v in dataclasses.asdict(cfg).items()})
-
-    # 4. resume
-    step, micro_step = (0, 0)
-    if cfg.resume:
-        step, micro_step = _resume(accelerator, cfg, unet, optimizer, lr_sched, regularizer)
 
     history: list[dict] = []
     history_file = Path(cfg.output_dir) / "history.jsonl"
     if accelerator.is_main_process:
-        history_file.parent.mkdir(parents=True, exist_ok=True)
-        if step == 0:
-            history_file.write_text("")
+        _start_history(history_file, step, accelerator)
     bar = tqdm(total=cfg.max_train_steps, initial=step, desc="Smooth LoRA", disable=not (cfg.progress and accelerator.is_local_main_process))
     accum = cfg.gradient_accumulation_steps
     logs = {"mse": 0.0, "reg": 0.0, "r": [], }
@@ -246,14 +436,11 @@ def train(cfg: TrainConfig, world=None, dataset=None) -> TrainResult:
             with accelerator.autocast():
                 out = training_step(unet, x_0, emb, world.scheduler, regularizer if cfg.lambda_reg > 0 else None,
                                     cfg.lambda_reg, generator=g, noise_offset=cfg.noise_offset)
-            finite = torch.isfinite(out.loss.detach()).float().reshape(1)
-            if accelerator.num_processes > 1:
-                finite = accelerator.reduce(finite, "min")
-            if finite.item() < 1:
+            if not _on_every_process(accelerator, bool(torch.isfinite(out.loss.detach()))):
                 raise FloatingPointError(
                     f"the loss is not finite at step {step + 1} (micro-batch {micro_step}): L_mse = {out.mse.item():.4g}, "
                     f"L_reg = {out.reg.item():.4g} on process {accelerator.process_index}. Training stopped before "
-                    f"any weight was updated with it; the newest checkpoint is {latest_checkpoint(cfg.output_dir)}. "
+                    f"any weight was updated with it; {_resume_point(cfg)}. "
                     "Try a lower learning_rate or lambda_reg, or mixed_precision='no'"
                     + (", or estimator='finite_difference' (no double backward in half precision)."
                        if cfg.mixed_precision != "no" and cfg.estimator == "exact" and cfg.lambda_reg > 0 else "."))
@@ -314,8 +501,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="smoothlib-train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
-    cfg = from_args(parser.parse_args(argv))
-    result = train(cfg)
+    try:
+        cfg = from_args(parser.parse_args(argv))
+    except ConfigError as e:
+        parser.error(str(e))
+    try:
+        result = train(cfg)
+    except (ConfigError, CheckpointError, FloatingPointError) as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 1
     if result.lora_path is not None:
         print(f"trained {result.global_step} steps in {result.seconds:.0f} s; LoRA: {result.lora_path}")
     return 0

@@ -50,3 +50,20 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     yield attempts
     assert not attempts, f"network was tried: {attempts}"
+
+
+@pytest.fixture(scope="session")
+def captioned_rgb_folder(tmp_path_factory):
+    """Four random 16x16 RGB images with a metadata.jsonl caption file: the trainer's input format."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("captioned")
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / f"{i}.png")
+    (root / "metadata.jsonl").write_text("\n".join(json.dumps({"file_name": f"{i}.png", "text": f"image {i}"})
+                                                   for i in range(4)))
+    return str(root)

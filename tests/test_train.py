@@ -141,20 +141,20 @@ def test_estimator_flags_on_the_command_line():
     assert from_args(parser.parse_args([])).estimator == "exact"
     with pytest.raises(ValueError, match="estimator must be one of"):
         TrainConfig(estimator="jvp")
-    with pytest.raises(ValueError, match="regularizer_h is the finite-difference step"):
+    with pytest.raises(ValueError, match="--regularizer-h is the finite-difference step"):
         TrainConfig(regularizer_h=1e-3)
-    with pytest.raises(ValueError, match="regularizer_h must be > 0"):
+    with pytest.raises(ValueError, match="--regularizer-h must be a finite number > 0"):
         TrainConfig(estimator="finite_difference", regularizer_h=0.0)
 
 
 def test_bad_config_values():
-    with pytest.raises(ValueError, match="lambda_reg must be >= 0"):
+    with pytest.raises(ValueError, match="--lambda-reg must be a finite number >= 0"):
         TrainConfig(lambda_reg=-1)
-    with pytest.raises(ValueError, match="reg_every must be >= 1"):
+    with pytest.raises(ValueError, match="--reg-every must be an integer >= 1"):
         TrainConfig(reg_every=0)
-    with pytest.raises(ValueError, match="mixed_precision"):
+    with pytest.raises(ValueError, match="--mixed-precision"):
         TrainConfig(mixed_precision="fp8")
-    with pytest.raises(ValueError, match="reg_relative needs reg_t_buckets > 1"):
+    with pytest.raises(ValueError, match="--reg-relative needs --reg-t-buckets > 1"):
         TrainConfig(reg_relative=True)
 
 
