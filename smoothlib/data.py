@@ -154,6 +154,9 @@ def read_captions(root: Path, captions: str | Path | None = None,
             raise ValueError(f"{where}: the {key!r} is {json.dumps(caption)}, not a string; write the caption "
                              'as text ("" for an empty caption)')
         pairs.append((_image_path(root, row["file_name"], where, allow_outside_root), caption))
+    if not pairs:
+        raise ValueError(f"the caption file {path} holds no caption lines (it is empty or blank); write one "
+                         '{"file_name": "a.png", "caption": "a cat"} object per line')
     return pairs
 
 

@@ -17,6 +17,7 @@ or with NaN, a torch tensor laid out [H, W, C], paths that are not regular files
 """
 from __future__ import annotations
 
+import numbers
 import os
 from dataclasses import dataclass, field
 
@@ -157,10 +158,14 @@ def prepare_image(source, size: int | tuple[int, int], channels: int = 3) -> Pre
         channels: 3 (RGB) or 1 (grayscale), the world's image channels; modes are converted.
     """
     height, width = (size, size) if isinstance(size, int) else tuple(size)
+    if not all(isinstance(n, numbers.Integral) and n > 0 for n in (height, width)):
+        raise ValueError(f"size must be a whole number of pixels > 0 (or a (height, width) pair of them), got {size!r}")
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
     image, steps = _read(source, "the image")
     original_size, original_mode = image.size, image.mode
+    if 0 in image.size:
+        raise ValueError(f"the image is empty: it has no pixels ({image.size[0]}x{image.size[1]}); pass an image of at least 1x1")
     image, turned = _upright(image)
     steps += turned
     try:

@@ -49,6 +49,8 @@ def lerp(v0: Tensor, v1: Tensor, t) -> Tensor:
     """
     ts, scalar = _check(v0, v1, t)
     a, b = v0.double(), v1.double()
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+        raise ValueError("v0 or v1 holds NaN or infinite values; lerp needs finite end points")
     out = torch.stack([(1 - ti) * a + ti * b for ti in ts]).to(v0.dtype)
     return out[0] if scalar else out
 

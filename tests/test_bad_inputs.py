@@ -345,3 +345,28 @@ def test_no_code_path_unpickles_or_runs_remote_code():
                       if kw.arg == "trust_remote_code"
                       and not (isinstance(kw.value, ast.Constant) and kw.value.value is False)]
     assert not found, found
+
+
+def test_images_without_pixels_and_a_size_of_zero_are_refused():
+    from PIL import Image
+
+    from smoothlib.images import prepare_image
+    with pytest.raises(ValueError, match="no pixels"):
+        prepare_image(Image.new("RGB", (0, 0)), 8)
+    with pytest.raises(ValueError, match="no pixels|shape"):
+        prepare_image(np.zeros((0, 8), dtype=np.uint8), 8)
+    with pytest.raises(ValueError, match="size must be"):
+        prepare_image(Image.new("RGB", (4, 4)), 0)
+
+
+def test_an_empty_caption_file_is_named(tmp_path):
+    from smoothlib.data import read_captions
+    (tmp_path / "metadata.jsonl").write_text("\n\n")
+    with pytest.raises(ValueError, match="metadata.jsonl holds no caption lines"):
+        read_captions(tmp_path)
+
+
+def test_lerp_refuses_non_finite_ends():
+    import smoothlib as sl
+    with pytest.raises(ValueError, match="finite"):
+        sl.lerp(torch.tensor([float("nan"), 1.0]), torch.ones(2), [0.0, 1.0])
