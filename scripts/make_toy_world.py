@@ -46,7 +46,7 @@ def adherence_report(components, per_digit: int, guidance: float, num_steps: int
 def save_toy(components, out: Path) -> None:
     (out / "toy").mkdir(parents=True, exist_ok=True)
     components["unet"].save_pretrained(out / "toy" / "unet", safe_serialization=True)
-    components["text_encoder"].save_pretrained(out / "toy" / "text_encoder", safe_serialization=True)
+    toy.save_text_encoder(components["text_encoder"], out / "toy" / "text_encoder")
     components["tokenizer"].save_pretrained(out / "toy" / "tokenizer")
     components["scheduler"].save_pretrained(out / "toy" / "scheduler")
 

@@ -261,16 +261,40 @@ def load_toy_components(device=None, dtype=None, path: str | Path | None = None)
     bar = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()   # a bar for a 1 MB local file is noise on every page that loads the world
     try:
-        text_encoder = CLIPTextModel.from_pretrained(root / "text_encoder", local_files_only=True)
+        text_encoder, info = CLIPTextModel.from_pretrained(root / "text_encoder", local_files_only=True,
+                                                           output_loading_info=True)
     finally:
         if bar:
             hf_logging.enable_progress_bar()
+    if info["missing_keys"] or info["unexpected_keys"]:   # transformers would carry on with random weights
+        import transformers
+        raise RuntimeError(f"transformers {transformers.__version__} did not read the toy text encoder in "
+                           f"{root / 'text_encoder'}: {len(info['missing_keys'])} weights missing, "
+                           f"{len(info['unexpected_keys'])} unexpected (e.g. {(info['missing_keys'] or info['unexpected_keys'])[0]}); "
+                           "install a transformers release in the range smoothlib declares")
     for model in (unet, text_encoder):
         model.to(device).eval().requires_grad_(False)
         if dtype != torch.float32:
             model.to(dtype)
     return {"unet": unet, "text_encoder": text_encoder, "tokenizer": toy_tokenizer(),
             "scheduler": toy_scheduler()}
+
+
+def save_text_encoder(text_encoder, folder: str | Path) -> None:
+    """``save_pretrained`` with every weight under the ``text_model.`` prefix.
+
+    transformers 5.0 reads a ``CLIPTextModel`` only in that layout (the one Stable Diffusion's
+    files use) and silently initialises anything else at random; later 5.x releases write the
+    weights without the prefix and read both. Writing the prefix keeps the toy world loadable
+    across the whole declared range.
+    """
+    from safetensors.torch import load_file, save_file
+
+    text_encoder.save_pretrained(folder, safe_serialization=True)
+    path = Path(folder) / "model.safetensors"
+    tensors = load_file(path)
+    save_file({k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in tensors.items()}, path,
+              metadata={"format": "pt"})
 
 
 # --------------------------------------------------------------------------- training

@@ -77,3 +77,16 @@ def test_toy_samples_work_with_the_library_sampler(components):
 def test_missing_weights_raise_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="make_toy_world"):
         toy.load_toy_components(path=tmp_path)
+
+
+def test_the_text_encoder_loads_every_shipped_weight():
+    """The text encoder holds exactly the shipped tensors (a transformers release that cannot read the
+    file's layout would otherwise run with random weights and no error)."""
+    from safetensors.torch import load_file
+
+    shipped = load_file(toy.data_dir() / "toy" / "text_encoder" / "model.safetensors")
+    assert all(k.startswith("text_model.") for k in shipped)   # the layout every transformers 5 release reads
+    loaded = toy.load_toy_components()["text_encoder"].state_dict()
+    by_name = {k.removeprefix("text_model."): v for k, v in loaded.items()}
+    for key, value in shipped.items():
+        assert torch.equal(by_name[key.removeprefix("text_model.")], value), key
