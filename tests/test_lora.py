@@ -105,7 +105,7 @@ def test_diffusers_load_lora_weights_silently_ignores_release_format(release_fil
     try:
         pipe = tiny_pipeline()
         base_out = run(pipe.unet)
-        pipe.load_lora_weights(str(release_file))  # no exception
+        pipe.load_lora_weights(str(release_file.parent), weight_name=release_file.name)  # no exception (weight_name: diffusers 0.36 asks for it offline)
     finally:
         diffusers_logger.removeHandler(handler)
     assert not getattr(pipe.unet, "peft_config", None)
@@ -262,7 +262,7 @@ def test_diffusers_save_roundtrips_through_plain_load_lora_weights(unet, tmp_pat
     path = save_smooth_lora(unet, tmp_path / "lora")
     assert path.name == "pytorch_lora_weights.safetensors"
     pipe = tiny_pipeline()
-    pipe.load_lora_weights(str(tmp_path / "lora"))
+    pipe.load_lora_weights(str(tmp_path / "lora"), weight_name=path.name)  # weight_name: diffusers 0.36 asks for it offline
     assert torch.equal(run(pipe.unet), ours)  # alpha = 2 != rank survived via the metadata
     fresh = tiny_unet()
     report = load_smooth_lora(fresh, path)
@@ -278,7 +278,7 @@ def test_kohya_export_roundtrips_through_diffusers_and_ours(unet, tmp_path):
     assert all(k.startswith("lora_unet_") for k in sd)
     assert sd["lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_out_0.alpha"] == 2.0
     pipe = tiny_pipeline()
-    pipe.load_lora_weights(str(path))  # diffusers' own kohya converter
+    pipe.load_lora_weights(str(path.parent), weight_name=path.name)  # diffusers' own kohya converter
     torch.testing.assert_close(run(pipe.unet), ours, rtol=0, atol=1e-6)
     fresh = tiny_unet()
     assert load_smooth_lora(fresh, path).format == "kohya"
