@@ -78,3 +78,24 @@ def test_nothing_cites_files_outside_the_repository(path):
     text = _text(path) if path.name != Path(__file__).name else ""
     for outside in ("SPEC.md", "SPEC section", "COURSE.md", "../shared"):
         assert outside not in text, f"{path.name} cites {outside!r}, which readers of the repository do not have"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_exercises_have_solutions_and_the_body_asks_to_predict(path):
+    """Every exercise is followed by a collapsed solution; at least one "predict, then run" question,
+    answered in a collapsed block after the cell that runs it; every cell has an id (nbformat 4.5)."""
+    cells = json.loads(path.read_text())["cells"]
+    sources = ["".join(c["source"]) for c in cells]
+    assert all("id" in c for c in cells), "cells without an id (nbformat 4.5 requires them)"
+    text = "\n".join(sources)
+    exercises = text[text.index("## Exercises"):text.index("## Summary")]
+    numbered = re.findall(r"^\d+\. ", exercises, re.M)
+    solutions = exercises.count("<details><summary>Solution</summary>")
+    assert numbered and solutions == len(numbered), f"{len(numbered)} exercises but {solutions} solutions"
+    asks = [i for i, s in enumerate(sources) if "**Predict, then run.**" in s]
+    assert asks, "no 'Predict, then run' question"
+    for i in asks:
+        later = sources[i + 1:]
+        assert cells[i + 1]["cell_type"] == "code", f"cell {i} asks for a prediction, but no code cell follows"
+        assert any("<details><summary>Answer</summary>" in s for s in later[:3]), \
+            f"cell {i}'s prediction question has no answer block within the next cells"

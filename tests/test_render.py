@@ -31,3 +31,7 @@ def test_rendered_page_has_every_figure(path, tmp_path, monkeypatch):
         assert WIDGET_NOTE in html
     if "scrubber_html(" in "".join(c.source for c in code):   # the walk scrubber works on the page
         assert re.search(r'<input id="scrub\w+-slider"[^>]*type="range"', html) and "const frames" in html
+    # nothing on stderr: no warnings, no progress bars on the page
+    noisy = [(i, "".join(o.get("text", ""))[:200]) for i, c in enumerate(nb.cells) if c.cell_type == "code"
+             for o in c.get("outputs", []) if o.get("output_type") == "stream" and o.get("name") == "stderr"]
+    assert not noisy, f"cells writing to stderr (index, text): {noisy}"
