@@ -236,11 +236,12 @@ def _resume_point(cfg) -> str:
 
 
 def _on_every_process(accelerator, ok: bool) -> bool:
-    """True when ``ok`` holds on every process (a min-reduce across them)."""
-    flag = torch.tensor([1.0 if ok else 0.0], device=accelerator.device)
+    """True when ``ok`` holds on every process: the count of processes where it holds, summed
+    across them, is the number of processes (accelerate's ``reduce`` has no "min")."""
+    count = torch.tensor([1.0 if ok else 0.0], device=accelerator.device)
     if accelerator.num_processes > 1:
-        flag = accelerator.reduce(flag, "min")
-    return flag.item() == 1
+        count = accelerator.reduce(count, "sum")
+    return count.item() == accelerator.num_processes
 
 
 def _first_nonfinite(tensors: dict[str, torch.Tensor]) -> str | None:
