@@ -14,14 +14,13 @@ from safetensors.torch import load_file
 import smoothlib.train as train_module
 from smoothlib.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints
 from smoothlib.config import TrainConfig
-from smoothlib.tiny import tiny_pipeline, tiny_scheduler, tiny_text_encoder, tiny_unet, word_tokenizer
+from smoothlib import tiny
+from smoothlib.tiny import tiny_pipeline
 from smoothlib.train import train
-from smoothlib.worlds import World
 
 
 def tiny_world():
-    return World(name="tiny", unet=tiny_unet(sample_size=16, in_channels=3), text_encoder=tiny_text_encoder(),
-                 tokenizer=word_tokenizer(), scheduler=tiny_scheduler())
+    return tiny.tiny_world(sample_size=16, in_channels=3)
 
 
 def make_folder(root: Path, n=8, size=20, extra=()):
