@@ -256,11 +256,16 @@ def classify(c: Case, ctx: Ctx, value, exc: BaseException | None) -> tuple[str, 
 
 
 def make_world(channels: int = 3, size: int = 16, seed: int = 0):
-    """A pixel-space World of the tiny random parts (built from the parts, as every version has them)."""
-    from smoothlib.tiny import tiny_scheduler, tiny_text_encoder, tiny_unet, word_tokenizer
-    from smoothlib.worlds import World
-    return World(name="tiny", unet=tiny_unet(seed, sample_size=size, in_channels=channels),
-                 text_encoder=tiny_text_encoder(seed), tokenizer=word_tokenizer(), scheduler=tiny_scheduler())
+    """A pixel-space World of the tiny random parts (an older checkout, before smoothlib.testing: built
+    from smoothlib.tiny's parts, as every such version has them)."""
+    try:
+        from smoothlib.testing import tiny_world
+    except ImportError:
+        from smoothlib.tiny import tiny_scheduler, tiny_text_encoder, tiny_unet, word_tokenizer
+        from smoothlib.world import World
+        return World(name="tiny", unet=tiny_unet(seed, sample_size=size, in_channels=channels),
+                     text_encoder=tiny_text_encoder(seed), tokenizer=word_tokenizer(), scheduler=tiny_scheduler())
+    return tiny_world(sample_size=size, in_channels=channels, seed=seed)
 
 
 @functools.cache
@@ -1203,7 +1208,10 @@ G = "lora"
 
 
 def _unet():
-    from smoothlib.tiny import tiny_unet
+    try:
+        from smoothlib.testing import tiny_unet
+    except ImportError:  # an older checkout, before smoothlib.testing
+        from smoothlib.tiny import tiny_unet
     return tiny_unet()
 
 

@@ -48,8 +48,8 @@ from torch.utils._pytree import tree_flatten
 
 from smoothlib.attention import double_backward_attention
 from smoothlib.prediction import x0_and_eps
-from smoothlib.regularizer import StepVariationRegularizer, step_variation
-from smoothlib.tiny import tiny_scheduler, tiny_unet
+from smoothlib.regularizer import StepVariationRegularizer, direction, step_variation
+from smoothlib.testing import tiny_scheduler, tiny_unet
 from smoothlib.train_step import training_step
 
 LORA = peft.LoraConfig(r=8, lora_alpha=8, init_lora_weights="gaussian",
@@ -228,7 +228,6 @@ def r_over_t(device: torch.device, models: dict, per_bucket: int = 48, batch: in
     buckets = [(0, 333), (333, 666), (666, 1000)]
     for model_name, (factory, shape, _) in models.items():
         unet = with_lora(factory()).to(device)
-        reg = StepVariationRegularizer()
         g = torch.Generator().manual_seed(0)
         print(f"\nr over t, {model_name.split(',')[0]} (random init, LoRA at identity), "
               f"{per_bucket} samples per bucket")
@@ -247,7 +246,7 @@ def r_over_t(device: torch.device, models: dict, per_bucket: int = 48, batch: in
                     out = unet(x_t, t, encoder_hidden_states=torch.randn(batch, 8, unet.config.cross_attention_dim,
                                                                    generator=g).to(device)).sample
                 x0_hat = x0_and_eps(out, x_t, abar)[0]
-                r = step_variation(x0_hat, eps, reg.draw_y(x0_hat, abar, g)).detach()
+                r = step_variation(x0_hat, eps, direction(x0_hat, abar, g)).detach()
                 rs.append(r)
                 pre.append((1 - abar) / abar.sqrt())
             r, p = torch.cat(rs), torch.cat(pre)

@@ -36,7 +36,7 @@ def one(cell: str, batch: int, size: int, device: str) -> dict:
     from smoothlib.attention import double_backward_attention
     from smoothlib.inversion import null_text_inversion
     from smoothlib.regularizer import variation_at
-    from smoothlib.tiny import tiny_scheduler
+    from smoothlib.testing import tiny_scheduler
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**{**SD15_UNET, "sample_size": size}).to(device).eval().requires_grad_(False)

@@ -35,7 +35,7 @@ def one(size: int, batch: int, lam: float, device: str, dtype: str) -> dict:
 
     from smoothlib.lora import attach_lora
     from smoothlib.regularizer import StepVariationRegularizer
-    from smoothlib.tiny import tiny_scheduler
+    from smoothlib.testing import tiny_scheduler
     from smoothlib.train_step import training_step
 
     torch.manual_seed(0)

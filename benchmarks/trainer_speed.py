@@ -2,7 +2,7 @@
 
     python benchmarks/trainer_speed.py --steps 20
 
-The tiny world: Stable Diffusion's component classes at toy size (smoothlib.tiny),
+The tiny world: Stable Diffusion's component classes at toy size (smoothlib.testing),
 32x32 images -> 4x16x16 latents, batch 4, no gradient accumulation, rank-8 LoRA.
 Everything the trainer does per step is included (VAE and text encoding, the
 training step, AdamW, history); checkpoints and validation are switched off.
@@ -34,12 +34,10 @@ def make_data(root: Path, n: int = 32, size: int = 32) -> Path:
 def run(data: Path, out: Path, steps: int, lambda_reg: float) -> float:
     """Wall seconds of a whole train() call of ``steps`` optimizer steps (set-up included)."""
     from smoothlib.config import TrainConfig
-    from smoothlib.tiny import tiny_scheduler, tiny_text_encoder, tiny_unet, tiny_vae, word_tokenizer
+    from smoothlib.testing import tiny_world
     from smoothlib.train import train
-    from smoothlib.worlds import World
 
-    world = World(name="tiny", unet=tiny_unet(sample_size=16), text_encoder=tiny_text_encoder(),
-                  tokenizer=word_tokenizer(), scheduler=tiny_scheduler(), vae=tiny_vae())
+    world = tiny_world(sample_size=16, vae=True)
     cfg = TrainConfig(world="tiny", data=str(data), resolution=32, output_dir=str(out), train_batch_size=4,
                       gradient_accumulation_steps=1, max_train_steps=steps, checkpointing_steps=10**9,
                       validation_steps=10**9, lambda_reg=lambda_reg, progress=False)

@@ -31,7 +31,7 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from smoothlib.course import notebooks  # noqa: E402
+from render_course import notebooks  # noqa: E402  (scripts/render_course.py, beside this script)
 
 HOOK = """
 import json as _json
@@ -77,7 +77,7 @@ def count(path: Path, env: dict) -> dict:
 
 def main() -> None:
     from smoothlib.cost import t4_seconds
-    from smoothlib.tiny import save_tiny_sd15
+    from smoothlib.testing import save_tiny_sd15
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("select", nargs="*")

@@ -8,4 +8,4 @@ bash scripts/setup.sh
 # no MPLBACKEND here: set in a kernel's environment it stops ipykernel's inline backend (no figures)
 unset MPLBACKEND
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE
-python -m smoothlib.course --out build/course "$@"
+python scripts/render_course.py --out build/course "$@"

@@ -5,13 +5,13 @@
     SMOOTHLIB_SMOOTH_LORA=build/sd_world/smooth-diffusion-lora SMOOTHLIB_SMOKE=1 \
         python -m pytest --nbval-lax --nbval-current-env notebooks
 
-The layout is the Hub's (see :func:`smoothlib.tiny.save_tiny_sd15`); the weights are random.
+The layout is the Hub's (see :func:`smoothlib.testing.save_tiny_sd15`); the weights are random.
 """
 import argparse
 import shutil
 from pathlib import Path
 
-from smoothlib.tiny import save_tiny_sd15
+from smoothlib.testing import save_tiny_sd15
 
 
 def main() -> None:

@@ -27,8 +27,9 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from smoothlib import classifier as clf  # noqa: E402
 from smoothlib import toy  # noqa: E402
+from smoothlib.toy import classifier as clf  # noqa: E402
+from smoothlib.toy.training import train_classifier, train_toy_base  # noqa: E402
 from smoothlib.viz import save_grid  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,12 +91,12 @@ def write_model_cards(out: Path, report: dict) -> None:
         "# Toy digit classifier (quality measure)\n\n"
         "Four 3 x 3 convolutions (32, 32, 64, 64 channels, batch norm, ReLU, two max-pools), dropout 0.3, a "
         "64-dimensional feature layer (used for the Frechet distance), 10 logits. Input [B, 1, 16, 16] in [0, 1] "
-        "(`smoothlib.classifier` also accepts [-1, 1] with `value_range=\"pm1\"`).\n\n"
+        "(`smoothlib.toy.classifier` also accepts [-1, 1] with `value_range=\"pm1\"`).\n\n"
         + common +
         f"- Training: 12 epochs, batch 64, Adam lr 2e-3 with cosine decay, random shifts of up to 1 pixel; "
         f"wall time {report['classifier_wall_s']:.0f} s.\n"
         f"- Held-out accuracy (500 digits): **{report['classifier_heldout_accuracy']:.3f}**.\n"
-        "- Use: `smoothlib.classifier.prompt_adherence`, `frechet_distance`.\n")
+        "- Use: `smoothlib.toy.classifier.prompt_adherence`, `frechet_distance`.\n")
 
 
 def main(argv=None) -> None:
@@ -124,7 +125,7 @@ def main(argv=None) -> None:
     held_x, held_y = images[held_idx].float() / 255, labels[held_idx]
 
     start = time.time()
-    model = clf.train_classifier(images[train_idx], labels[train_idx], seed=args.seed)
+    model = train_classifier(images[train_idx], labels[train_idx], seed=args.seed)
     report["classifier_wall_s"] = round(time.time() - start, 1)
     (out / "classifier").mkdir(exist_ok=True)
     save_file(model.state_dict(), out / "classifier" / "model.safetensors")
@@ -143,8 +144,8 @@ def main(argv=None) -> None:
         save_toy(components, out)
 
     start = time.time()
-    components = toy.train_toy_base(images[train_idx], labels[train_idx], steps=args.steps,
-                                    batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+    components = train_toy_base(images[train_idx], labels[train_idx], steps=args.steps,
+                                batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                     callback=check, every=500)
     report["base_wall_s"] = round(time.time() - start, 1)
     report.update(base_steps=args.steps, batch_size=args.batch_size, lr=args.lr)

@@ -29,13 +29,10 @@ MODELS = {"base": None, "control": "control", "smooth": "smooth", "smooth-s0": "
 
 
 def measure(model: str, digits: int, steps: int, progress: bool) -> dict:
-    import smoothlib as sl
     from smoothlib.inversion import reconstruction_protocol
-    from smoothlib.toy import TOY_GUIDANCE, digit_prompt, load_heldout_digits, lora_path
+    from smoothlib.toy import TOY_GUIDANCE, digit_prompt, load_heldout_digits, load_toy_world
 
-    world = sl.load_world("toy")
-    if MODELS[model] is not None:
-        sl.load_smooth_lora(world.unet, lora_path(MODELS[model]))
+    world = load_toy_world(MODELS[model])
     images, labels = load_heldout_digits()
     idx = torch.arange(0, len(labels), len(labels) // digits)[:digits]
     prompts = [digit_prompt(int(d)) for d in labels[idx]]

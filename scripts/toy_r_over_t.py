@@ -29,20 +29,20 @@ def main(argv=None) -> int:
     p.add_argument("--samples", type=int, default=64)
     a = p.parse_args(argv)
 
-    import smoothlib as sl
     from smoothlib.regularizer import variation_at
-    from smoothlib.toy import data_dir, digit_prompt, load_heldout_digits, lora_path
+    from smoothlib.toy import data_dir, digit_prompt, load_heldout_digits, load_toy_world
 
     images, labels = load_heldout_digits()
     x_0 = images[:a.samples] * 2 - 1
     print("| model | " + " | ".join(f"t = {t}" for t in TIMESTEPS) + " |")
     print("| --- |" + " --- |" * len(TIMESTEPS))
     for name in a.models:
-        world = sl.load_world("toy")
+        lora = None
         if name != "base":
             run = Path("runs/toy_lora") / name / "pytorch_lora_weights.safetensors"
             shipped = (data_dir() / "toy_lora" / name).exists() or not run.exists()
-            sl.load_smooth_lora(world.unet, lora_path(name) if shipped else run)  # lora_path names what is shipped
+            lora = name if shipped else run  # a name: what is shipped (an unknown one lists it); a path: the run
+        world = load_toy_world(lora)
         cond = world.encode_prompt([digit_prompt(int(d)) for d in labels[:a.samples]])
         g = torch.Generator().manual_seed(0)
         cells = []

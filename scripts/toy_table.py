@@ -6,7 +6,7 @@
 Models: the base (``base``) and every LoRA run folder under ``--runs`` written by
 ``scripts/make_toy_lora.py`` (or a folder such as ``data/toy_lora`` holding shipped
 LoRAs with their ``run.json``). Each model is scored once on the shared items
-(:mod:`smoothlib.toy_eval`: 100 walks = 10 digits x 10 seeds, 11 slerp frames,
+(:mod:`smoothlib.toy.evaluation`: 100 walks = 10 digits x 10 seeds, 11 slerp frames,
 25 DDIM steps by default (the paper uses 50), guidance 4) and its scores are cached in
 ``<run>/scores_<P>walks_<S>steps.json`` (``..._g<G>.json`` with another ``--guidance``).
 "step / ends": the walks' mean adjacent distance and mean end-to-end distance (a lower
@@ -32,12 +32,10 @@ import torch  # noqa: E402
 
 
 def measure(folder: Path | None, cache: Path, pairs: int, steps: int, guidance: float, progress: bool) -> dict:
-    import smoothlib as sl
-    from smoothlib.toy_eval import smoothness_and_quality
+    from smoothlib.toy import load_toy_world
+    from smoothlib.toy.evaluation import smoothness_and_quality
 
-    world = sl.load_world("toy")
-    if folder is not None:
-        sl.load_smooth_lora(world.unet, folder / "pytorch_lora_weights.safetensors")
+    world = load_toy_world(folder / "pytorch_lora_weights.safetensors" if folder is not None else None)
     start = time.perf_counter()
     scores = smoothness_and_quality(world, num_pairs=pairs, num_steps=steps, guidance_scale=guidance,
                                     progress=progress)
@@ -75,7 +73,7 @@ def walk_scale(records: list[dict]) -> str:
 
 
 def table(base: dict, runs: dict[str, tuple[dict, dict]]) -> str:
-    from smoothlib.toy_eval import paired_change
+    from smoothlib.toy.evaluation import paired_change
 
     groups = defaultdict(list)
     for name, (run, scores) in sorted(runs.items()):

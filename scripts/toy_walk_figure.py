@@ -33,18 +33,15 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
 
     import smoothlib as sl
-    from smoothlib.toy import TOY_GUIDANCE, lora_path
-    from smoothlib.toy_eval import walk_items
+    from smoothlib.toy import TOY_GUIDANCE, load_toy_world
+    from smoothlib.toy.evaluation import walk_items
 
-    world = sl.load_world("toy")
     prompts, seeds = walk_items(a.walks)
     run = {}
     with torch.no_grad():
-        run["base"] = sl.istd_protocol(world, prompts, seeds=seeds, guidance_scale=TOY_GUIDANCE, num_steps=a.steps,
-                                       return_frames=True, progress=False)
-        sl.load_smooth_lora(world.unet, lora_path(a.lora))
-        run["smooth"] = sl.istd_protocol(world, prompts, seeds=seeds, guidance_scale=TOY_GUIDANCE, num_steps=a.steps,
-                                         return_frames=True, progress=False)
+        for label, lora in (("base", None), ("smooth", a.lora)):
+            run[label] = sl.istd_protocol(load_toy_world(lora), prompts, seeds=seeds, guidance_scale=TOY_GUIDANCE,
+                                          num_steps=a.steps, return_frames=True, progress=False)
     picks = run["base"].scores.argsort(descending=True)[:a.show].tolist()
     fig = plt.figure(figsize=(11, 1.6 * a.show * 2 / 2 + 0.4))
     grid = fig.add_gridspec(2 * a.show, 14)

@@ -16,6 +16,8 @@ from types import SimpleNamespace
 
 import torch
 
+from .prediction import per_sample
+
 
 class GaussianDenoiser(torch.nn.Module):
     """The exact epsilon-predictor for N(mu, diag(s^2)) data, called like a diffusers UNet.
@@ -36,7 +38,7 @@ class GaussianDenoiser(torch.nn.Module):
 
     def forward(self, x_t, t, encoder_hidden_states=None):
         t = torch.as_tensor(t, device=x_t.device).long().reshape(-1)
-        a = self.alpha_bar[t].reshape(-1, *([1] * (x_t.ndim - 1))).to(x_t.dtype)
+        alpha_bar = per_sample(self.alpha_bar[t], x_t)
         mu, s = self.mu.to(x_t.dtype), self.s.to(x_t.dtype)
-        eps = (1 - a).sqrt() * (x_t - a.sqrt() * mu) / (a * s**2 + 1 - a)
+        eps = (1 - alpha_bar).sqrt() * (x_t - alpha_bar.sqrt() * mu) / (alpha_bar * s**2 + 1 - alpha_bar)
         return SimpleNamespace(sample=eps)

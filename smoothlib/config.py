@@ -14,14 +14,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
-import numbers
+import typing
 from dataclasses import dataclass, field
 
-from .regularizer import ESTIMATORS
+from .checks import check_choice, check_number
+from .regularizer import check_settings
 
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 """The diffusers.optimization schedules the trainer can run (each needs only warmup and total steps)."""
+
+REGULARIZER_FIELDS = {"every": "reg_every", "sub_batch": "reg_sub_batch", "estimator": "estimator",
+                      "h": "regularizer_h", "t_buckets": "reg_t_buckets", "relative": "reg_relative",
+                      "sync": "sync_running_mean"}
+"""The StepVariationRegularizer argument behind each config field (its rules are checked there, once)."""
 
 RESUME_FIXED = ("rank", "lora_alpha", "reg_t_buckets")
 """Settings a resume can never change: the checkpoint's tensors are shaped or scaled by them."""
@@ -32,6 +37,19 @@ RESUME_FREE = ("output_dir", "resume", "max_train_steps", "checkpointing_steps",
                "gradient_checkpointing", "overwrite_output_dir", "resume_override")
 """Settings a resume may change without naming them: the run's length, bookkeeping and memory.
 Every other setting must equal the checkpoint's unless named in ``resume_override``."""
+
+
+_RANGES = {  # field: the check_number bounds of its values
+    "resolution": dict(low=1, integer=True), "caption_dropout": dict(low=0, below=1), "rank": dict(low=1, integer=True),
+    "lora_alpha": dict(low=0, exclusive=True, optional=True), "lambda_reg": dict(low=0), "noise_offset": dict(low=0),
+    "learning_rate": dict(low=0, exclusive=True), "lr_warmup_steps": dict(low=0, integer=True),
+    "adam_beta1": dict(low=0, below=1), "adam_beta2": dict(low=0, below=1), "adam_epsilon": dict(low=0, exclusive=True),
+    "weight_decay": dict(low=0), "max_grad_norm": dict(low=0, exclusive=True),
+    **{name: dict(low=1, integer=True) for name in ("train_batch_size", "gradient_accumulation_steps", "max_train_steps",
+                                                    "checkpointing_steps", "validation_steps", "validation_num_steps")},
+    "seed": dict(low=0, below=2**32, integer=True), "checkpoints_total_limit": dict(low=1, integer=True, optional=True),
+    "validation_guidance": dict(low=0), "dataloader_num_workers": dict(low=0, integer=True),
+}
 
 
 class ConfigError(ValueError):
@@ -128,38 +146,10 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        _number(self, "resolution", 1, integer=True)
-        _number(self, "caption_dropout", 0, below=1)
-        _number(self, "rank", 1, integer=True)
-        _number(self, "lora_alpha", 0, exclusive=True, optional=True)
-        _number(self, "lambda_reg", 0)
-        _number(self, "reg_every", 1, integer=True)
-        _number(self, "reg_sub_batch", 1, integer=True, optional=True)
-        _number(self, "regularizer_h", 0, exclusive=True, optional=True)
-        _number(self, "reg_t_buckets", 1, integer=True)
-        _number(self, "noise_offset", 0)
-        _number(self, "learning_rate", 0, exclusive=True)
-        _number(self, "lr_warmup_steps", 0, integer=True)
-        _number(self, "adam_beta1", 0, below=1)
-        _number(self, "adam_beta2", 0, below=1)
-        _number(self, "adam_epsilon", 0, exclusive=True)
-        _number(self, "weight_decay", 0)
-        _number(self, "max_grad_norm", 0, exclusive=True)
-        for name in ("train_batch_size", "gradient_accumulation_steps", "max_train_steps",
-                     "checkpointing_steps", "validation_steps", "validation_num_steps"):
-            _number(self, name, 1, integer=True)
-        _number(self, "seed", 0, below=2**32, integer=True)
-        _number(self, "checkpoints_total_limit", 1, integer=True, optional=True)
-        _number(self, "validation_guidance", 0)
-        _number(self, "dataloader_num_workers", 0, integer=True)
-        _choice(self, "mixed_precision", ("no", "fp16", "bf16"))
-        _choice(self, "estimator", ESTIMATORS)
-        _choice(self, "lr_scheduler", LR_SCHEDULERS)
-        if self.regularizer_h is not None and self.estimator != "finite_difference":
-            raise ConfigError("--regularizer-h is the finite-difference step: set --estimator finite_difference "
-                              "or leave --regularizer-h unset")
-        if self.reg_relative and self.reg_t_buckets == 1:
-            raise ConfigError("--reg-relative needs --reg-t-buckets > 1: it weighs the ranges of t equally")
+        try:
+            self._check()
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         self.resume_override = [n.replace("-", "_") for n in self.resume_override]
         names = {f.name for f in dataclasses.fields(self)}
         for name in self.resume_override:
@@ -169,6 +159,18 @@ class TrainConfig:
             if name != "all" and name not in names:
                 raise ConfigError(f"--resume-override: unknown setting {name!r}; name config fields "
                                   "(e.g. learning_rate seed) or 'all'")
+
+    def _check(self) -> None:
+        """Every value in range; the regularizer's settings by its own rules (:func:`~smoothlib.regularizer.check_settings`)."""
+        for name, bounds in _RANGES.items():
+            check_number(getattr(self, name), flag(name), **bounds)
+        check_choice(self.mixed_precision, flag("mixed_precision"), ("no", "fp16", "bf16"))
+        check_choice(self.lr_scheduler, flag("lr_scheduler"), LR_SCHEDULERS)
+        check_settings(lambda arg: flag(REGULARIZER_FIELDS.get(arg, arg)), **self.regularizer_settings())
+
+    def regularizer_settings(self) -> dict:
+        """The keyword arguments of :class:`~smoothlib.regularizer.StepVariationRegularizer` this config asks for."""
+        return {arg: getattr(self, name) for arg, name in REGULARIZER_FIELDS.items()}
 
     def resume_changes(self, saved: dict, checkpoint) -> list[str]:
         """Check this config against the ``saved`` config of the checkpoint it resumes.
@@ -197,32 +199,16 @@ class TrainConfig:
         return allowed
 
 
-def _number(cfg, name, low, *, below=None, exclusive=False, integer=False, optional=False):
-    """Raise ConfigError unless cfg.<name> is a finite number (an int if ``integer``) in range."""
-    value = getattr(cfg, name)
-    if optional and value is None:
-        return
-    kind = "an integer" if integer else "a finite number"
-    bounds = (f"in [{low}, {below})" if below is not None else f"> {low}" if exclusive else f">= {low}")
-    ok = isinstance(value, numbers.Integral if integer else numbers.Real) and not isinstance(value, bool)
-    ok = ok and math.isfinite(value) and (value > low if exclusive else value >= low)
-    ok = ok and (below is None or value < below)
-    if not ok:
-        raise ConfigError(f"{flag(name)} must be {kind} {bounds}{' (or none)' if optional else ''}, got {value!r}")
-
-
-def _choice(cfg, name, choices):
-    if getattr(cfg, name) not in choices:
-        raise ConfigError(f"{flag(name)} must be one of {', '.join(map(str, choices))}; got {getattr(cfg, name)!r}")
-
-
 def _field_help(cls) -> dict[str, str]:
     """Field docstrings (the string literal after each field) for --help."""
     import ast
     import inspect
     import textwrap
 
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):  # a class built at run time (dataclasses.make_dataclass) has no source
+        return {}
     body, helps = tree.body[0].body, {}
     for node, nxt in zip(body, body[1:]):
         if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
@@ -238,23 +224,34 @@ def _optional(conv):
     return read
 
 
+def _kind(annotation) -> tuple[type, bool]:
+    """(the type, may it be None) of a field's annotation: ``int``, ``float | None``, ``list[str]``, ..."""
+    args = typing.get_args(annotation)
+    if type(None) in args:
+        return next(a for a in args if a is not type(None)), True
+    return annotation, False
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls=TrainConfig) -> None:
-    """One --flag per config field, with its default and docstring."""
-    helps = _field_help(cls)
+    """One --flag per config field, with its default and docstring.
+
+    Field types are read with ``typing.get_type_hints``, so string annotations
+    (``from __future__ import annotations``) and real type objects both work.
+    """
+    helps, hints = _field_help(cls), typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         flag_, text = flag(f.name), helps.get(f.name, "")
-        kind = f.type if isinstance(f.type, str) else str(f.type)
-        if kind == "bool":
+        kind, optional = _kind(hints[f.name])
+        if kind is bool:
             parser.add_argument(flag_, action=argparse.BooleanOptionalAction, default=default, help=text)
-        elif kind.startswith("list"):
+        elif typing.get_origin(kind) is list:
             parser.add_argument(flag_, nargs="*", default=default, help=text)
-        else:
-            base = kind.split("|")[0].strip()
-            conv = {"int": int, "float": float, "str": str}[base]
-            if "None" in kind and base != "str":
-                conv = _optional(conv)
+        elif kind in (int, float, str):
+            conv = _optional(kind) if optional and kind is not str else kind
             parser.add_argument(flag_, type=conv, default=default, help=f"{text} (default: {default})")
+        else:
+            raise TypeError(f"{cls.__name__}.{f.name}: no command-line form for the type {kind!r}")
 
 
 def from_args(args: argparse.Namespace, cls=TrainConfig) -> TrainConfig:

@@ -58,14 +58,14 @@ def ddim_schedule(scheduler, num_steps: int) -> list[DDIMStep]:
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     scheduler.set_timesteps(num_steps)
-    abar = scheduler.alphas_cumprod.double().cpu()
-    final = getattr(scheduler, "final_alpha_cumprod", abar[0])
+    alpha_bar = scheduler.alphas_cumprod.double().cpu()
+    final = getattr(scheduler, "final_alpha_cumprod", alpha_bar[0])
     stride = scheduler.config.num_train_timesteps // num_steps
     steps = []
     for t in scheduler.timesteps.tolist():
         t = int(t)
         prev = t - stride
-        steps.append(DDIMStep(t, float(abar[t]), float(abar[prev]) if prev >= 0 else float(final)))
+        steps.append(DDIMStep(t, float(alpha_bar[t]), float(alpha_bar[prev]) if prev >= 0 else float(final)))
     return steps
 
 
@@ -90,7 +90,8 @@ def model_output(unet, x: Tensor, t: int, cond: Tensor, uncond: Tensor | None = 
     return out[:, : x.shape[1]]  # drop a learned-variance half, if the model has one
 
 
-def _prepare(unet, x: Tensor, cond: Tensor, uncond: Tensor | None):
+def prepare_inputs(unet, x: Tensor, cond: Tensor, uncond: Tensor | None):
+    """(x, cond, uncond) on the UNet's device and dtype, the embeddings checked: [B or 1, L, D]."""
     p = next(unet.parameters())
     x = x.to(p.device, p.dtype)
     cond = cond.to(p.device, p.dtype)
@@ -120,7 +121,7 @@ def ddim_sample(unet, scheduler, x_T: Tensor, cond: Tensor, uncond: Tensor | Non
         return_trajectory: also return [x_T, ..., x_0].
     """
     prediction_type = prediction_type_of(scheduler)
-    x, cond, uncond = _prepare(unet, x_T, cond, uncond)
+    x, cond, uncond = prepare_inputs(unet, x_T, cond, uncond)
     trajectory = [x]
     for s in tqdm(ddim_schedule(scheduler, num_steps), desc="DDIM sampling", disable=not progress, leave=False):
         out = model_output(unet, x, s.t, cond, uncond, guidance_scale)
@@ -142,7 +143,7 @@ def ddim_invert(unet, scheduler, x_0: Tensor, cond: Tensor, uncond: Tensor | Non
     (and, if asked, the trajectory [x_0, ..., x_T] that null-text inversion follows).
     """
     prediction_type = prediction_type_of(scheduler)
-    x, cond, uncond = _prepare(unet, x_0, cond, uncond)
+    x, cond, uncond = prepare_inputs(unet, x_0, cond, uncond)
     trajectory = [x]
     for s in tqdm(ddim_schedule(scheduler, num_steps)[::-1], desc="DDIM inversion", disable=not progress, leave=False):
         out = model_output(unet, x, s.t, cond, uncond, guidance_scale)

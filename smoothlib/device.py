@@ -99,3 +99,14 @@ def float32_note(module: torch.nn.Module, what: str = "null-text inversion") -> 
     extra = sum(t.numel() * (4 - t.element_size()) for t in halves) / 2**30
     return (f"{what} runs the {halves[0].dtype} UNet in float32 for the duration (half-precision gradients "
             f"underflow): {extra:.2f} GiB more on {halves[0].device.type} while it runs")
+
+
+def draw_device(generator: torch.Generator | None, like: torch.Tensor) -> torch.device:
+    """Where to draw random numbers: on the generator's device, so that a seeded draw gives the same
+    numbers wherever the model runs (a CPU generator serves a CPU and a GPU model alike)."""
+    return generator.device if generator is not None else like.device
+
+
+def randn(shape, generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
+    """N(0, I) of ``shape`` in ``like``'s dtype, drawn on :func:`draw_device`, then moved next to ``like``."""
+    return torch.randn(shape, generator=generator, device=draw_device(generator, like), dtype=like.dtype).to(like.device)

@@ -39,7 +39,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .device import in_float32
-from .ddim import _prepare, ddim_invert, ddim_schedule, ddim_step, model_output
+from .images import as_world_images
+from .ddim import ddim_invert, ddim_schedule, ddim_step, model_output, prepare_inputs
 from .metrics import reconstruction_metrics
 from .prediction import prediction_type_of
 
@@ -97,7 +98,7 @@ def null_text_inversion(unet, scheduler, x_0: Tensor, cond: Tensor, uncond: Tens
 
 def _null_text_inversion(unet, scheduler, x_0, cond, uncond, guidance_scale, num_steps, num_inner_steps,
                          early_stop_epsilon, shared, progress) -> Inversion:
-    x, cond, uncond = _prepare(unet, x_0, cond, uncond)
+    x, cond, uncond = prepare_inputs(unet, x_0, cond, uncond)
     if uncond.shape[0] != 1:
         raise ValueError(f"uncond must be one embedding [1, L, D], got {tuple(uncond.shape)}")
     b, channels = x.shape[0], x.shape[1]
@@ -165,7 +166,7 @@ def _sample_with_null_text(unet, scheduler, x_T, cond, unconds, guidance_scale, 
             raise ValueError(f"{len(seq)} {name} embeddings for {num_steps} steps; invert and sample "
                              "with the same num_steps")
     prediction_type = prediction_type_of(scheduler)
-    x, _, _ = _prepare(unet, x_T, conds[0], nulls[0])
+    x, _, _ = prepare_inputs(unet, x_T, conds[0], nulls[0])
     p = next(unet.parameters())
     for i, s in enumerate(tqdm(ddim_schedule(scheduler, num_steps), desc="DDIM sampling",
                                disable=not progress, leave=False)):
@@ -178,7 +179,6 @@ def _sample_with_null_text(unet, scheduler, x_T, cond, unconds, guidance_scale, 
 
 
 def _images_and_cond(world, images, prompts) -> tuple[Tensor, Tensor]:
-    from .images import as_world_images
     images = as_world_images(images, world)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if len(prompts) not in (1, images.shape[0]):
@@ -254,7 +254,6 @@ def reconstruction_protocol(world, images: Tensor, prompts: list[str], methods=M
     images are the reference), ``prompts`` one caption per image; batches of ``batch_size``.
     ``nti_options`` (``num_inner_steps``, ``early_stop_epsilon``) go to :func:`null_text_inversion`.
     """
-    from .images import as_world_images
     if not isinstance(images, Tensor) or images.ndim != 4 or len(prompts) != images.shape[0]:
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise ValueError(f"need images [N, C, H, W] and one prompt each; got {shape} and {len(prompts)} prompts")

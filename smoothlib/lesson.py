@@ -70,7 +70,7 @@ class LessonSettings:
 
 
 def lesson_settings(world, smoke: bool = False, paper: bool = False) -> LessonSettings:
-    """The examples and sizes for ``world`` (a :class:`smoothlib.worlds.World`); see the module docstring."""
+    """The examples and sizes for ``world`` (a :class:`smoothlib.world.World`); see the module docstring."""
     if smoke and paper:
         raise ValueError("smoke=True and paper=True ask for opposite scales; pick one")
     if world.vae is None:  # the toy world: digits

@@ -238,3 +238,25 @@ def reconstruction_metrics(images: Tensor, reference: Tensor,
         x, y = _pair(images, reference)
         out["lpips"] = torch.as_tensor(lpips(x.float(), y.float())).reshape(-1).double()
     return out
+
+
+def frechet_from_features(f1: Tensor, f2: Tensor) -> float:
+    """|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2) between Gaussian fits of two feature sets.
+
+    The Frechet distance of FID (Heusel et al. 2017) for features [N1, D] and [N2, D] (tensors or
+    arrays). The matrix square root goes through symmetric eigen-decompositions in
+    float64 (negative round-off eigenvalues clipped to 0), which stays real and
+    stable where the covariances are singular.
+    """
+    import numpy as np
+
+    if len(f1) < 2 or len(f2) < 2:
+        raise ValueError("the Frechet distance needs at least 2 images per set")
+    a, b = np.asarray(f1, dtype=np.float64), np.asarray(f2, dtype=np.float64)
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    w, v = np.linalg.eigh(s1)
+    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    middle = root1 @ s2 @ root1
+    tr_cross = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0, None)).sum()
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_cross)

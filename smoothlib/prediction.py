@@ -35,18 +35,19 @@ def prediction_type_of(scheduler) -> str:
     return check_prediction_type(getattr(scheduler.config, "prediction_type", "epsilon"))
 
 
-def _broadcast(a: Tensor | float, like: Tensor) -> Tensor:
-    """A per-sample alpha_bar (shape [B] or scalar) reshaped to broadcast over ``like``."""
-    a = torch.as_tensor(a, device=like.device, dtype=like.dtype)
-    if a.ndim == 0:
-        return a
-    return a.reshape(-1, *([1] * (like.ndim - 1)))
+def per_sample(values: Tensor | float, like: Tensor) -> Tensor:
+    """A scalar, or one value per sample (shape [B]), in ``like``'s device and dtype, shaped [B, 1, ..., 1]
+    to broadcast over ``like`` [B, ...] (a scalar stays 0-d)."""
+    values = torch.as_tensor(values, device=like.device, dtype=like.dtype)
+    if values.ndim == 0:
+        return values
+    return values.reshape(-1, *([1] * (like.ndim - 1)))
 
 
 def alpha_bar_at(alphas_cumprod: Tensor, t: Tensor | int, like: Tensor) -> Tensor:
     """alpha_bar_t gathered for timestep(s) ``t`` and shaped to broadcast over ``like``."""
     t = torch.as_tensor(t, device=alphas_cumprod.device, dtype=torch.long)
-    return _broadcast(alphas_cumprod[t].to(like.device, like.dtype), like)
+    return per_sample(alphas_cumprod[t].to(like.device, like.dtype), like)
 
 
 def x0_and_eps(model_output: Tensor, x_t: Tensor, alpha_bar_t: Tensor | float,
@@ -57,8 +58,8 @@ def x0_and_eps(model_output: Tensor, x_t: Tensor, alpha_bar_t: Tensor | float,
     Differentiable in all inputs (the regularizer differentiates through it).
     """
     check_prediction_type(prediction_type)
-    a = _broadcast(alpha_bar_t, x_t)
-    sa, s1a = a.sqrt(), (1 - a).sqrt()
+    alpha_bar = per_sample(alpha_bar_t, x_t)
+    sa, s1a = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
     if prediction_type == "epsilon":
         return (x_t - s1a * model_output) / sa, model_output
     if prediction_type == "v_prediction":
@@ -80,5 +81,5 @@ def training_target(x_0: Tensor, eps: Tensor, alpha_bar_t: Tensor | float,
         return eps
     if prediction_type == "sample":
         return x_0
-    a = _broadcast(alpha_bar_t, x_0)
-    return a.sqrt() * eps - (1 - a).sqrt() * x_0
+    alpha_bar = per_sample(alpha_bar_t, x_0)
+    return alpha_bar.sqrt() * eps - (1 - alpha_bar).sqrt() * x_0

@@ -40,9 +40,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import re
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -51,12 +48,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import (CheckpointError, checkpoint_step, flatten_optimizer, is_intact, latest_checkpoint,
-                         list_checkpoints, load_checkpoint, save_checkpoint, unflatten_optimizer)
+from .checkpoint import CheckpointError
 from .config import ConfigError, TrainConfig, add_arguments, from_args
 from .ddim import ddim_sample
-from .lora import attach_lora, save_smooth_lora
+from .lora import attach_lora, save_lora
 from .regularizer import StepVariationRegularizer
+from .run_dir import check_output_path, in_the_way, move_aside, resume_point, start_history
+from .train_state import on_every_process, open_checkpoint, resume_state, save_state
 from .train_step import training_step
 from .viz import save_grid
 
@@ -72,106 +70,16 @@ class TrainResult:
 
 
 def _dataset(cfg: TrainConfig, world):
+    """An image folder with captions, or one of the training sets the world bundles (``world.datasets``)."""
+    bundled = sorted(getattr(world, "datasets", {}))
     if cfg.data is None:
-        raise ConfigError("no training data: set data to an image folder with captions"
-                          + (' or "digits" for the toy world' if world.vae is None else ""))
-    if cfg.data == "digits":
-        from .toy import DigitCaptions
-        return DigitCaptions(split="train", seed=cfg.seed)
+        raise ConfigError("no training data: set --data to an image folder with captions"
+                          + "".join(f" or {name!r}" for name in bundled)
+                          + (f" (bundled with the world {world.name!r})" if bundled else ""))
+    if cfg.data in bundled:
+        return world.datasets[cfg.data](seed=cfg.seed)
     from .data import CaptionedImageFolder
     return CaptionedImageFolder(cfg.data, cfg.resolution, cfg.captions, seed=cfg.seed)
-
-
-_RUN_ENTRY = re.compile(r"^(checkpoint-\d+(\.tmp)?|history\.jsonl|final|validation|logs)$")
-
-
-def _check_output_path(cfg: TrainConfig) -> None:
-    """Refuse an output_dir that is a file, or lies under one."""
-    for p in (Path(cfg.output_dir), *Path(cfg.output_dir).parents):
-        if p.exists():
-            if not p.is_dir():
-                raise ConfigError(f"--output-dir {cfg.output_dir}: {p} is a file, not a folder; "
-                                  "choose another --output-dir")
-            return
-
-
-def _open_checkpoint(accelerator, cfg: TrainConfig) -> tuple[Path | None, tuple | None]:
-    """The checkpoint to resume, read and verified: (path, (tensors, meta)); (None, None) for a fresh run.
-
-    Raises :class:`ConfigError` if its settings differ from ``cfg``'s (see
-    :meth:`TrainConfig.resume_changes`) or ``cfg.max_train_steps`` is not above its step.
-    """
-    if not cfg.resume:
-        return None, None
-    path = latest_checkpoint(cfg.output_dir) if cfg.resume == "latest" else Path(cfg.resume)
-    if path is None:
-        accelerator.print(f"resume='latest': no intact checkpoint in {cfg.output_dir}, starting from scratch")
-        return None, None
-    tensors, meta = load_checkpoint(path)
-    saved = meta.get("config", {})
-    for line in cfg.resume_changes(saved, path):
-        accelerator.print(f"resume override: {line}")
-    if cfg.max_train_steps <= meta["step"]:
-        raise ConfigError(f"--max-train-steps {cfg.max_train_steps} is at or below the step of {path} "
-                          f"({meta['step']}): there is nothing to train; set --max-train-steps above {meta['step']}")
-    if cfg.lr_scheduler not in ("constant", "constant_with_warmup") and saved.get("max_train_steps") not in (
-            None, cfg.max_train_steps):
-        accelerator.print(f"note: the {cfg.lr_scheduler} learning-rate schedule now ends at step "
-                          f"{cfg.max_train_steps} instead of {saved['max_train_steps']}")
-    return path, (tensors, meta)
-
-
-def _in_the_way(cfg: TrainConfig, resume_from: Path | None, resume_step: int) -> list[Path]:
-    """What of another run lies in output_dir: raise ConfigError, or with ``overwrite_output_dir`` return it.
-
-    A fresh run (or a resume from another folder) needs an output_dir without checkpoints,
-    ``history.jsonl`` records, ``final/`` or ``validation/``. A resume from a checkpoint of
-    output_dir needs it to hold no intact checkpoint of a later step; with the flag, those are
-    returned with ``final/``, ``validation/`` and ``history.jsonl`` (which the resume cuts back).
-    :func:`_move_aside` then moves them away, once nothing can fail before the run writes.
-    """
-    out = Path(cfg.output_dir)
-    if not out.is_dir():
-        return []
-    if resume_from is not None and resume_from.resolve().parent == out.resolve():
-        found = [p for p in list_checkpoints(out) if checkpoint_step(p) > resume_step and is_intact(p)]
-        what = f"intact checkpoints newer than {resume_from.name}, which this resume would mix with its own"
-        hint = "resume from the newest one (--resume latest), or pass --overwrite-output-dir to move the newer ones"
-        extra = [p for p in (out / "final", out / "validation", out / "history.jsonl") if found and p.exists()]
-    else:
-        entries = sorted(p for p in out.iterdir() if _RUN_ENTRY.match(p.name))
-        found = [p for p in entries if p.name != "logs" and not (p.name == "history.jsonl" and p.stat().st_size == 0)]
-        what = "another run"
-        hint = ("resume it with --resume latest, " if cfg.resume is None and latest_checkpoint(out) else "") + \
-            "choose another --output-dir, or pass --overwrite-output-dir to move that run"
-        extra = [p for p in entries if found and p not in found]
-    if found and not cfg.overwrite_output_dir:
-        raise ConfigError(f"--output-dir {out} holds {what} ({', '.join(p.name for p in found)}): {hint} into "
-                          f"{out}/replaced-<date>-<time>/ (nothing is deleted)")
-    return found + extra
-
-
-def _move_aside(accelerator, paths: list[Path], resumed: bool) -> None:
-    """Move ``paths`` (from :func:`_in_the_way`) into a new ``replaced-<date>-<time>/`` next to them.
-
-    When ``resumed``, ``history.jsonl`` is copied instead: the resumed run keeps its earlier records.
-    """
-    if paths and accelerator.is_main_process:
-        out, stamp = paths[0].parent, time.strftime("%Y%m%d-%H%M%S")
-        aside, n = out / f"replaced-{stamp}", 1
-        while aside.exists():
-            aside, n = out / f"replaced-{stamp}-{n}", n + 1
-        aside.mkdir()
-        done = []
-        for p in paths:
-            if resumed and p.name == "history.jsonl":
-                shutil.copy2(p, aside / p.name)
-                done.append(f"{p.name} (a copy)")
-            else:
-                p.rename(aside / p.name)
-                done.append(p.name)
-        accelerator.print(f"--overwrite-output-dir: moved {', '.join(done)} into {aside}; nothing was deleted")
-    accelerator.wait_for_everyone()
 
 
 def _check_resolution(cfg: TrainConfig, world) -> None:
@@ -181,29 +89,6 @@ def _check_resolution(cfg: TrainConfig, world) -> None:
         raise ConfigError(f"--resolution {cfg.resolution} does not match the image size of the world "
                           f"{world.name!r}, {height}x{width}: a pixel-space world works at that size only; "
                           f"use --resolution {height}")
-
-
-def _start_history(history_file: Path, step: int, accelerator) -> None:
-    """Start ``history.jsonl`` empty (step 0), or cut it back to ``step`` so no step is recorded twice."""
-    history_file.parent.mkdir(parents=True, exist_ok=True)
-    if step == 0 or not history_file.exists():
-        history_file.write_text("")
-        return
-    kept, dropped = [], 0
-    for line in history_file.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by a crash
-            record = None
-        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
-            kept.append(line)
-        elif line.strip():
-            dropped += 1
-    if dropped:
-        tmp = history_file.with_name(history_file.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, history_file)
-        accelerator.print(f"{history_file}: dropped {dropped} record(s) after step {step}, which this run redoes")
 
 
 def _collate(items):
@@ -222,105 +107,6 @@ def _to_world_images(pixels: torch.Tensor, world) -> torch.Tensor:
     if images.shape[1] == 3 and want == 1:
         images = images.mean(1, keepdim=True)
     return images.clamp(0, 1)
-
-
-def _lora_named(unet) -> dict[str, torch.nn.Parameter]:
-    return {n: p for n, p in unet.named_parameters() if p.requires_grad}
-
-
-def _resume_point(cfg) -> str:
-    latest = latest_checkpoint(cfg.output_dir)
-    return (f"the newest checkpoint, {latest}, is where --resume latest continues" if latest
-            else "no checkpoint was written before it: start again with --overwrite-output-dir (which moves "
-                 "this run's files aside) or another --output-dir")
-
-
-def _on_every_process(accelerator, ok: bool) -> bool:
-    """True when ``ok`` holds on every process: the count of processes where it holds, summed
-    across them, is the number of processes (accelerate's ``reduce`` has no "min")."""
-    count = torch.tensor([1.0 if ok else 0.0], device=accelerator.device)
-    if accelerator.num_processes > 1:
-        count = accelerator.reduce(count, "sum")
-    return count.item() == accelerator.num_processes
-
-
-def _first_nonfinite(tensors: dict[str, torch.Tensor]) -> str | None:
-    return next((n for n, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
-
-
-def _save(accelerator, cfg, unet, optimizer, lr_sched, regularizer, step, micro_step, history_len):
-    """Write checkpoint-<step>, after checking on every process that its tensors are finite.
-
-    A non-finite LoRA weight, optimizer moment or running mean raises FloatingPointError
-    and nothing is written: the newest checkpoint on disk stays the one to resume.
-    """
-    tensors = {f"lora.{n}": p for n, p in _lora_named(unet).items()}
-    opt_tensors, opt_rest = flatten_optimizer(optimizer)
-    tensors.update(opt_tensors)
-    a_all = accelerator.gather(regularizer.a.detach().reshape(1, -1))  # one a (or one per t range) per process
-    tensors.update({"regularizer.a_per_process": a_all, "regularizer.step": regularizer.step,
-                    "rng.torch": torch.get_rng_state()})
-    if hasattr(regularizer, "seen"):
-        tensors["regularizer.seen"] = regularizer.seen
-    bad = _first_nonfinite(tensors)
-    if not _on_every_process(accelerator, not bad):
-        raise FloatingPointError(
-            f"{bad or 'a tensor of another process'} is not finite after step {step}: checkpoint-{step:08d} "
-            f"was not written and training stopped; {_resume_point(cfg)}. Try a lower --learning-rate or "
-            "--max-grad-norm, a larger --adam-epsilon, or --mixed-precision no.")
-    if accelerator.is_main_process:
-        meta = {"micro_step": micro_step, "num_processes": accelerator.num_processes,
-                "optimizer": opt_rest, "lr_scheduler": lr_sched.state_dict(), "history_len": history_len,
-                "config": dataclasses.asdict(cfg)}
-        path = save_checkpoint(cfg.output_dir, step, tensors, meta, keep=cfg.checkpoints_total_limit)
-        tqdm.write(f"checkpoint written: {path}")
-    accelerator.wait_for_everyone()
-
-
-def _apply_hyperparameters(cfg, optimizer, lr_sched) -> None:
-    """After loading a checkpoint: this config's learning rate (at the schedule's step), betas, eps, weight decay."""
-    for group in optimizer.param_groups:
-        group.update(initial_lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon,
-                     weight_decay=cfg.weight_decay)
-    lr_sched.base_lrs = [cfg.learning_rate] * len(optimizer.param_groups)
-    lrs = [base * scale(lr_sched.last_epoch) for base, scale in zip(lr_sched.base_lrs, lr_sched.lr_lambdas)]
-    for group, lr in zip(optimizer.param_groups, lrs):
-        group["lr"] = lr
-    lr_sched._last_lr = lrs
-
-
-def _resume(accelerator, cfg, path, checkpoint, unet, optimizer, lr_sched, regularizer) -> tuple[int, int]:
-    """Load a checkpoint read by :func:`_open_checkpoint` into the run's state: (step, micro_step)."""
-    tensors, meta = checkpoint
-    named = _lora_named(unet)
-    wrong = [n for n, p in named.items() if f"lora.{n}" not in tensors or tensors[f"lora.{n}"].shape != p.shape]
-    if wrong:
-        raise ConfigError(f"{path} does not match this LoRA ({len(wrong)} of {len(named)} tensors missing or "
-                          f"shaped differently, e.g. {wrong[0]}): resume with the rank and target modules the "
-                          "run started with")
-    with torch.no_grad():
-        for n, p in named.items():
-            p.copy_(tensors[f"lora.{n}"])
-    unflatten_optimizer(optimizer, tensors, meta["optimizer"])
-    lr_sched.load_state_dict(meta["lr_scheduler"])
-    _apply_hyperparameters(cfg, optimizer, lr_sched)
-    if "rng.torch" in tensors:
-        torch.set_rng_state(tensors["rng.torch"])
-    a_all = tensors["regularizer.a_per_process"].reshape(meta["num_processes"], -1)
-    if a_all.shape[1] != regularizer.a.numel():
-        raise ConfigError(f"{path} holds {a_all.shape[1]} running mean(s) per process but this regularizer has "
-                          f"{regularizer.a.numel()}: resume with the reg_t_buckets the run started with")
-    if meta["num_processes"] != accelerator.num_processes:
-        accelerator.print(f"resuming {meta['num_processes']} processes' state on {accelerator.num_processes}: "
-                          "the running mean a is averaged and the data order changes")
-        regularizer.a.copy_(a_all.mean(0).reshape(regularizer.a.shape))
-    else:
-        regularizer.a.copy_(a_all[accelerator.process_index].reshape(regularizer.a.shape))
-    if "regularizer.seen" in tensors and hasattr(regularizer, "seen"):
-        regularizer.seen.copy_(tensors["regularizer.seen"])
-    regularizer.step.copy_(tensors["regularizer.step"])
-    accelerator.print(f"resumed from {path} at step {meta['step']} (a = {regularizer.a.mean().item():.4g})")
-    return meta["step"], meta["micro_step"]
 
 
 @torch.no_grad()
@@ -355,12 +141,12 @@ def train(cfg: TrainConfig, world=None, dataset=None) -> TrainResult:
 
     start = time.perf_counter()
     # 0. and 1. the output folder and the checkpoint to resume, checked; accelerator and seed
-    _check_output_path(cfg)
+    check_output_path(cfg)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=cfg.report_to,
                               project_dir=str(Path(cfg.output_dir) / "logs"),
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
-    resume_from, checkpoint = _open_checkpoint(accelerator, cfg)
-    in_the_way = _in_the_way(cfg, resume_from, checkpoint[1]["step"] if checkpoint else 0)
+    resume_from, checkpoint = open_checkpoint(accelerator, cfg)
+    blocking = in_the_way(cfg, resume_from, checkpoint[1]["step"] if checkpoint else 0)
     set_seed(cfg.seed)
 
     # 2. frozen world, trainable fp32 LoRA
@@ -398,25 +184,23 @@ def train(cfg: TrainConfig, world=None, dataset=None) -> TrainResult:
     lr_sched = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
                              num_training_steps=cfg.max_train_steps)
     optimizer, loader = accelerator.prepare(optimizer, loader)
-    regularizer = StepVariationRegularizer(every=cfg.reg_every, sub_batch=cfg.reg_sub_batch,
-                                           sync=cfg.sync_running_mean, estimator=cfg.estimator,
-                                           h=cfg.regularizer_h, t_buckets=cfg.reg_t_buckets, relative=cfg.reg_relative,
+    regularizer = StepVariationRegularizer(**cfg.regularizer_settings(),
                                            num_train_timesteps=world.scheduler.config.num_train_timesteps,
                                            ).to(accelerator.device)
 
     # 4. resume; from here on the run writes into output_dir
     step, micro_step = (0, 0)
     if checkpoint is not None:
-        step, micro_step = _resume(accelerator, cfg, resume_from, checkpoint, unet, optimizer, lr_sched, regularizer)
+        step, micro_step = resume_state(accelerator, cfg, resume_from, checkpoint, unet, optimizer, lr_sched, regularizer)
         del checkpoint  # its tensors are in the run now
-    _move_aside(accelerator, in_the_way, resumed=resume_from is not None)
+    move_aside(accelerator, blocking, resumed=resume_from is not None)
     if cfg.report_to:
         accelerator.init_trackers("smooth-lora", config={k: str(v) for k, v in dataclasses.asdict(cfg).items()})
 
     history: list[dict] = []
     history_file = Path(cfg.output_dir) / "history.jsonl"
     if accelerator.is_main_process:
-        _start_history(history_file, step, accelerator)
+        start_history(history_file, step, accelerator)
     bar = tqdm(total=cfg.max_train_steps, initial=step, desc="Smooth LoRA", disable=not (cfg.progress and accelerator.is_local_main_process))
     accum = cfg.gradient_accumulation_steps
     logs = {"mse": 0.0, "reg": 0.0, "r": [], }
@@ -437,11 +221,11 @@ def train(cfg: TrainConfig, world=None, dataset=None) -> TrainResult:
             with accelerator.autocast():
                 out = training_step(unet, x_0, emb, world.scheduler, regularizer if cfg.lambda_reg > 0 else None,
                                     cfg.lambda_reg, generator=g, noise_offset=cfg.noise_offset)
-            if not _on_every_process(accelerator, bool(torch.isfinite(out.loss.detach()))):
+            if not on_every_process(accelerator, bool(torch.isfinite(out.loss.detach()))):
                 raise FloatingPointError(
                     f"the loss is not finite at step {step + 1} (micro-batch {micro_step}): L_mse = {out.mse.item():.4g}, "
                     f"L_reg = {out.reg.item():.4g} on process {accelerator.process_index}. Training stopped before "
-                    f"any weight was updated with it; {_resume_point(cfg)}. "
+                    f"any weight was updated with it; {resume_point(cfg)}. "
                     "Try a lower learning_rate or lambda_reg, or mixed_precision='no'"
                     + (", or estimator='finite_difference' (no double backward in half precision)."
                        if cfg.mixed_precision != "no" and cfg.estimator == "exact" and cfg.lambda_reg > 0 else "."))
@@ -476,7 +260,7 @@ def train(cfg: TrainConfig, world=None, dataset=None) -> TrainResult:
             bar.set_postfix(mse=f"{record['mse']:.4f}", reg=f"{record['reg']:.3g}",
                             r=f"{record['r']:.3g}" if record["r"] is not None else "-", a=f"{regularizer.a.mean().item():.3g}")
             if step % cfg.checkpointing_steps == 0 or step == cfg.max_train_steps:
-                _save(accelerator, cfg, unet, optimizer, lr_sched, regularizer, step, micro_step, len(history))
+                save_state(accelerator, cfg, unet, optimizer, lr_sched, regularizer, step, micro_step, len(history))
             if step % cfg.validation_steps == 0 or step == cfg.max_train_steps:
                 _validate(accelerator, cfg, world, step)
             if step >= cfg.max_train_steps:
@@ -487,9 +271,9 @@ def train(cfg: TrainConfig, world=None, dataset=None) -> TrainResult:
     accelerator.wait_for_everyone()
     lora_path = None
     if accelerator.is_main_process:
-        lora_path = save_smooth_lora(unet, Path(cfg.output_dir) / "final")
+        lora_path = save_lora(unet, Path(cfg.output_dir) / "final")
         if cfg.save_release_format:
-            save_smooth_lora(unet, Path(cfg.output_dir) / "final", format="release")
+            save_lora(unet, Path(cfg.output_dir) / "final", format="release")
     skipped = list(getattr(dataset, "skipped", []))
     if skipped:
         accelerator.print(f"{len(skipped)} file(s) skipped as unreadable: " + ", ".join(p for p, _ in skipped[:5])

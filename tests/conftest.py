@@ -4,9 +4,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import socket
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+# scripts/ holds tools that do not ship in the package (the course renderer, scripts/render_course.py);
+# tests import them by name
+sys.path.append(str(Path(__file__).resolve().parents[1] / "scripts"))
 
 
 @pytest.fixture(autouse=True)
@@ -29,7 +35,7 @@ def lora_unet():
     """A tiny SD UNet, frozen, with a rank-4 peft LoRA on every attention projection (seeded init)."""
     import peft
 
-    from smoothlib.tiny import tiny_unet
+    from smoothlib.testing import tiny_unet
 
     unet = tiny_unet(sample_size=8)
     unet.requires_grad_(False)

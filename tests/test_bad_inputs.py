@@ -260,9 +260,8 @@ def test_nan_image_is_refused_at_inversion_and_editing(bad):
 
 
 def test_rgb_image_on_a_grayscale_pixel_world_is_converted():
-    from smoothlib.tiny import tiny_scheduler, tiny_text_encoder, tiny_unet, word_tokenizer
-    toy = sl.World(name="toy-like", unet=tiny_unet(sample_size=16, in_channels=1), text_encoder=tiny_text_encoder(),
-                   tokenizer=word_tokenizer(), scheduler=tiny_scheduler())  # the toy world's format: 1 x 16 x 16 pixels
+    from smoothlib.testing import tiny_world
+    toy = tiny_world(sample_size=16, in_channels=1, name="toy-like")  # the toy world's format: 1 x 16 x 16 pixels
     rgb = torch.rand(3, 16, 16)
     images = as_world_images(rgb, toy)
     assert images.shape == (1, 1, 16, 16)
@@ -292,7 +291,7 @@ def test_broken_model_index_is_a_clear_error(tmp_path, content, match):
 
 @pytest.fixture
 def tiny_unet():
-    from smoothlib.tiny import tiny_unet
+    from smoothlib.testing import tiny_unet
     return tiny_unet()
 
 

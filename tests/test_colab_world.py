@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import smoothlib as sl
-from smoothlib.tiny import SD15_MODEL_INDEX, save_tiny_sd15
+from smoothlib.testing import SD15_MODEL_INDEX, save_tiny_sd15
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import torch
 from diffusers import DDIMInverseScheduler, DDIMScheduler
 
 import smoothlib as sl
-from smoothlib.tiny import tiny_scheduler, tiny_unet
+from smoothlib.testing import tiny_scheduler, tiny_unet
 
 from smoothlib.analytic import GaussianDenoiser
 

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 import smoothlib as sl
-from smoothlib.classifier import predict_digits
 from smoothlib.inversion import invert, reconstruct
 from smoothlib.toy import TOY_GUIDANCE, digit_prompt, load_heldout_digits
+from smoothlib.toy.classifier import predict_digits
 
 
 @pytest.fixture(scope="module")

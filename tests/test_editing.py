@@ -5,16 +5,14 @@ from smoothlib.ddim import ddim_schedule, ddim_step, model_output
 
 from smoothlib.editing import edit, prompt_switch_sample, switch_schedule
 from smoothlib.inversion import invert, reconstruct
-from smoothlib.tiny import tiny_scheduler, tiny_text_encoder, tiny_unet, tiny_vae, word_tokenizer
-from smoothlib.worlds import World
+from smoothlib.testing import tiny_world
 
 STEPS = 4
 
 
 @pytest.fixture(scope="module")
 def setup():
-    world = World(name="tiny", unet=tiny_unet(sample_size=8), text_encoder=tiny_text_encoder(),
-                  tokenizer=word_tokenizer(), scheduler=tiny_scheduler(), vae=tiny_vae())
+    world = tiny_world(vae=True)
     image = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0))
     inv = invert(world, image, "a cat", "nti", 7.5, STEPS, progress=False)
     return world, image, inv

@@ -18,7 +18,7 @@ def test_non_editable_install_loads_the_toy_world_elsewhere(tmp_path):
     code = ("import smoothlib as sl, smoothlib.toy as toy; "
             "assert toy.data_dir().is_relative_to(sl.__path__[0]), toy.data_dir(); "
             "w = sl.load_world('toy'); print(w.load_smooth_lora()); "
-            "from smoothlib.classifier import predict_digits; from smoothlib.toy import load_heldout_digits; "
+            "from smoothlib.toy.classifier import predict_digits; from smoothlib.toy import load_heldout_digits; "
             "d, l = load_heldout_digits(); assert (predict_digits(d[:50]) == l[:50]).float().mean() > 0.8; "
             "print(toy.repository_url())")
     elsewhere = tmp_path / "elsewhere"

@@ -7,8 +7,8 @@ import torch
 from smoothlib.ddim import ddim_invert, ddim_sample
 from smoothlib.inversion import (ReconstructionReport, invert, null_text_inversion, reconstruct,
                                  reconstruction_protocol, sample_with_null_text)
-from smoothlib.tiny import tiny_scheduler, tiny_text_encoder, tiny_unet, tiny_vae, word_tokenizer
-from smoothlib.worlds import World
+from smoothlib import testing
+from smoothlib.testing import tiny_scheduler
 
 SHAPE, DIM, S = (1, 4, 4), 8, 0.5
 
@@ -140,10 +140,8 @@ def test_half_precision_unet_runs_in_float32_and_is_given_back_exactly(analytic)
 
 def tiny_world(pixels=False):
     if pixels:
-        return World(name="tiny-pixels", unet=tiny_unet(sample_size=8, in_channels=1), text_encoder=tiny_text_encoder(),
-                     tokenizer=word_tokenizer(), scheduler=tiny_scheduler())
-    return World(name="tiny", unet=tiny_unet(sample_size=8), text_encoder=tiny_text_encoder(),
-                 tokenizer=word_tokenizer(), scheduler=tiny_scheduler(), vae=tiny_vae())
+        return testing.tiny_world(in_channels=1, name="tiny-pixels")
+    return testing.tiny_world(vae=True)
 
 
 @pytest.fixture(scope="module")

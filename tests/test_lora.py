@@ -6,10 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from smoothlib.lora import (LoraLoadError, attach_lora, attention_projections, load_smooth_lora,
-                            lora_disabled, lora_enabled, lora_parameters, save_smooth_lora, set_smooth_lora_strength)
-from smoothlib.tiny import tiny_pipeline, tiny_unet
-from smoothlib.worlds import HubAccessError
+from smoothlib.hub import HubAccessError
+from smoothlib.lora import (LoraLoadError, attach_lora, attention_projections, load_smooth_lora, lora_disabled,
+                            lora_enabled, lora_parameters, remove_lora, save_lora, set_lora_strength)
+from smoothlib.testing import tiny_pipeline, tiny_unet
 
 RANK = 4
 
@@ -127,9 +127,9 @@ def test_strength_scales_the_update_and_zero_is_the_base(unet, release_file):
     base_out = run(unet)
     load_smooth_lora(unet, release_file, strength=0.5)
     torch.testing.assert_close(run(unet), half, rtol=0, atol=1e-5)
-    set_smooth_lora_strength(unet, 0.0)
+    set_lora_strength(unet, 0.0)
     assert torch.equal(run(unet), base_out)
-    set_smooth_lora_strength(unet, 1.0)
+    set_lora_strength(unet, 1.0)
     torch.testing.assert_close(run(unet), full, rtol=0, atol=1e-5)
     assert not any(p.requires_grad for p in lora_parameters(unet))
 
@@ -149,6 +149,25 @@ def test_disable_enable_toggles(unet, release_file):
         assert torch.equal(run(unet), base_out)
     with lora_enabled(unet, True):
         assert torch.equal(run(unet), lora_out)
+
+
+@pytest.mark.filterwarnings("ignore:Already found a `peft_config`:UserWarning",
+                            "ignore:Adapter other was active:UserWarning")  # peft, on the second adapter
+def test_remove_lora_gives_back_the_base_model_exactly(unet, release_file):
+    before = copy.deepcopy(unet.state_dict())
+    base_out = run(unet)
+    load_smooth_lora(unet, release_file)
+    attach_lora(unet, adapter_name="other")
+    remove_lora(unet, "other")  # another adapter left: only "other" goes
+    assert list(unet.peft_config) == ["smooth"]
+    remove_lora(unet)
+    assert torch.equal(run(unet), base_out)
+    assert_pristine(unet, before)
+    with pytest.raises(ValueError, match="no adapter 'smooth'"):
+        remove_lora(unet)
+    remove_lora(unet, missing_ok=True)  # nothing to remove, on purpose
+    assert torch.equal(run(unet), base_out)
+    load_smooth_lora(unet, release_file)  # and the name is free again
 
 
 # --------------------------------------------------------------------------- clear errors, UNet unchanged
@@ -207,12 +226,12 @@ def test_folder_with_only_pickle_is_refused(unet, tmp_path):
 
 
 def test_failure_after_injection_is_undone(unet, release_file, monkeypatch):
-    import smoothlib.lora
+    import smoothlib.lora.io
     before = copy.deepcopy(unet.state_dict())
 
     def boom(*args):
         raise RuntimeError("disk on fire")
-    monkeypatch.setattr(smoothlib.lora, "_copy_in", boom)
+    monkeypatch.setattr(smoothlib.lora.io, "_copy_in", boom)
     with pytest.raises(RuntimeError, match="disk on fire"):
         load_smooth_lora(unet, release_file)
     assert_pristine(unet, before)
@@ -259,7 +278,7 @@ def test_attach_lora_bad_targets_leave_unet_unchanged(unet):
 def test_diffusers_save_roundtrips_through_plain_load_lora_weights(unet, tmp_path):
     trained_lora(unet)
     ours = run(unet)
-    path = save_smooth_lora(unet, tmp_path / "lora")
+    path = save_lora(unet, tmp_path / "lora")
     assert path.name == "pytorch_lora_weights.safetensors"
     pipe = tiny_pipeline()
     pipe.load_lora_weights(str(tmp_path / "lora"), weight_name=path.name)  # weight_name: diffusers 0.36 asks for it offline
@@ -273,7 +292,7 @@ def test_diffusers_save_roundtrips_through_plain_load_lora_weights(unet, tmp_pat
 def test_kohya_export_roundtrips_through_diffusers_and_ours(unet, tmp_path):
     trained_lora(unet)
     ours = run(unet)
-    path = save_smooth_lora(unet, tmp_path / "webui.safetensors", format="kohya")
+    path = save_lora(unet, tmp_path / "webui.safetensors", format="kohya")
     sd = load_file(str(path))
     assert all(k.startswith("lora_unet_") for k in sd)
     assert sd["lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_out_0.alpha"] == 2.0
@@ -288,8 +307,8 @@ def test_kohya_export_roundtrips_through_diffusers_and_ours(unet, tmp_path):
 def test_release_export_roundtrips(unet, tmp_path):
     trained_lora(unet)
     ours = run(unet)
-    set_smooth_lora_strength(unet, 0.3)  # a runtime setting: not saved
-    path = save_smooth_lora(unet, tmp_path, format="release")
+    set_lora_strength(unet, 0.3)  # a runtime setting: not saved
+    path = save_lora(unet, tmp_path, format="release")
     assert path.name == "smooth_lora.safetensors"
     assert all(".processor." in k for k in load_file(str(path)))
     fresh = tiny_unet()

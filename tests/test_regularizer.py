@@ -1,3 +1,6 @@
+"""The Step-wise Variation Regularizer (smoothlib/regularizer.py, smoothlib/running_mean.py; the equations in
+docs/regularizer.md): r against an explicit Jacobian and by gradcheck, the running mean against a hand
+computation and the release's formula, its state across save/load and two processes."""
 import io
 import math
 import os
@@ -161,7 +164,7 @@ def test_running_mean_and_step_survive_save_and_load():
     buf.seek(0)
     fresh = StepVariationRegularizer(every=3)
     fresh.load_state_dict(torch.load(buf))
-    assert set(reg.state_dict()) == {"a", "step"}
+    assert set(reg.state_dict()) == {"running_mean.a", "step"}
     assert fresh.a.item() == reg.a.item() != 0
     assert fresh.step.item() == 4
     assert [fresh.due() for _ in range(3)] == [False, False, True]  # steps 4, 5, 6
@@ -170,7 +173,7 @@ def test_running_mean_and_step_survive_save_and_load():
 # ---- gradients on a tiny UNet with LoRA, default attention -------------------------------------
 
 def test_penalty_gradients_reach_lora_only_under_default_attention(lora_unet):
-    from smoothlib.tiny import tiny_scheduler
+    from smoothlib.testing import tiny_scheduler
     from smoothlib.train_step import training_step
 
     unet = lora_unet

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from smoothlib.course import WIDGET_NOTE, expected_images, images_in, notebooks, render
+from render_course import WIDGET_NOTE, expected_images, images_in, notebooks, render  # scripts/, see conftest.py
 
 NOTEBOOKS = notebooks()
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import smoothlib as sl
-from smoothlib import classifier as clf
 from smoothlib import toy
+from smoothlib.toy import classifier as clf
 
 ADHERENCE_BOUND = 0.8  # 4 samples per digit, 25 DDIM steps; see docs/toy_world.md for the full measurement
 

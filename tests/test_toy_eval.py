@@ -6,7 +6,7 @@ import torch
 
 import smoothlib as sl
 from smoothlib.metrics import istd_per_walk
-from smoothlib.toy_eval import paired_change, smoothness_and_quality, walk_items
+from smoothlib.toy.evaluation import paired_change, smoothness_and_quality, walk_items
 
 
 def test_items_cover_every_digit_with_fixed_seeds():

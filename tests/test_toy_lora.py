@@ -42,16 +42,16 @@ def test_the_toy_world_loads_its_smooth_lora_with_on_off_and_strength():
     assert not torch.allclose(smooth, base, atol=1e-6)
     with sl.lora_disabled(world.unet):
         torch.testing.assert_close(out(), base)
-    sl.set_smooth_lora_strength(world.unet, 0.0)
+    sl.set_lora_strength(world.unet, 0.0)
     torch.testing.assert_close(out(), base)
-    sl.set_smooth_lora_strength(world.unet, 1.0)
+    sl.set_lora_strength(world.unet, 1.0)
     torch.testing.assert_close(out(), smooth)
 
 
 @pytest.mark.parametrize("name", ["smooth", "control"])
 def test_shipped_scores_are_reproduced_by_the_shipped_weights(name):
     """The README's miniature Table 1 comes from these weights: its first walks re-measure the same."""
-    from smoothlib.toy_eval import smoothness_and_quality
+    from smoothlib.toy.evaluation import smoothness_and_quality
 
     path = toy.lora_path(name)
     shipped = json.loads((path.parent / "scores_100walks_25steps.json").read_text())
@@ -65,7 +65,7 @@ def test_shipped_scores_are_reproduced_by_the_shipped_weights(name):
 def test_a_short_istd_run_shows_the_smooth_lora_below_the_base():
     """20 of the miniature Table 1's walks at 10 DDIM steps: the default Smooth LoRA's ISTD is lower, paired,
     by more than two standard errors."""
-    from smoothlib.toy_eval import paired_change, walk_items
+    from smoothlib.toy.evaluation import paired_change, walk_items
 
     world = sl.load_world("toy")
     prompts, seeds = walk_items(20)

@@ -14,13 +14,13 @@ from safetensors.torch import load_file
 import smoothlib.train as train_module
 from smoothlib.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints
 from smoothlib.config import TrainConfig
-from smoothlib import tiny
-from smoothlib.tiny import tiny_pipeline
+from smoothlib import testing
+from smoothlib.testing import tiny_pipeline
 from smoothlib.train import train
 
 
 def tiny_world():
-    return tiny.tiny_world(sample_size=16, in_channels=3)
+    return testing.tiny_world(sample_size=16, in_channels=3)
 
 
 def make_folder(root: Path, n=8, size=20, extra=()):
@@ -179,6 +179,6 @@ def test_two_processes_with_accelerate_launch(tmp_path):
     ckpts = list_checkpoints(out)
     assert [c.name for c in ckpts] == ["checkpoint-00000002"]
     state = load_file(ckpts[0] / "state.safetensors")
-    a = state["regularizer.a_per_process"]
+    a = state["regularizer.running_mean.a"]
     assert a.shape == (2, 1) and a[0] > 0 and a[0] == a[1]  # [processes, running means]
     assert (out / "final" / "pytorch_lora_weights.safetensors").is_file()

@@ -8,15 +8,15 @@ import torch
 from safetensors.torch import load_file
 
 import smoothlib.checkpoint as ckpt_module
-import smoothlib.train as train_module
+import smoothlib.train_state as train_state_module
 from smoothlib.checkpoint import is_intact, latest_checkpoint, list_checkpoints, save_checkpoint
 from smoothlib.config import TrainConfig
 from smoothlib.train import train
-from smoothlib import tiny
+from smoothlib import testing
 
 
 def tiny_world():
-    return tiny.tiny_world(sample_size=16, in_channels=3)
+    return testing.tiny_world(sample_size=16, in_channels=3)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def assert_same_state(run: Path, reference: Path):
         assert got.keys() == want.keys()
         assert [k for k in want if not torch.equal(got[k], want[k])] == [], rel
     state = load_file(run / "checkpoint-00000004" / "state.safetensors")
-    assert {"regularizer.a_per_process", "optimizer.0.exp_avg", "optimizer.0.exp_avg_sq"} <= state.keys()
+    assert {"regularizer.running_mean.a", "regularizer.step", "optimizer.0.exp_avg", "optimizer.0.exp_avg_sq"} <= state.keys()
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_a_fault_while_writing_a_checkpoint_loses_nothing_and_resumes_bit_for_bi
     target, make, newest = STAGES[stage]
     module, name = (ckpt_module.os, "replace") if target == "os.replace" else \
         (ckpt_module.shutil, "rmtree") if target == "shutil.rmtree" else (ckpt_module, target)
-    real_save, real = train_module.save_checkpoint, getattr(module, name)
+    real_save, real = train_state_module.save_checkpoint, getattr(module, name)
     broken = make(real)
     calls = {"n": 0}
 
@@ -107,7 +107,7 @@ def test_a_fault_while_writing_a_checkpoint_loses_nothing_and_resumes_bit_for_bi
         finally:
             setattr(module, name, real)
 
-    monkeypatch.setattr(train_module, "save_checkpoint", save_checkpoint_3rd_fails)
+    monkeypatch.setattr(train_state_module, "save_checkpoint", save_checkpoint_3rd_fails)
     run = tmp_path / "run"
     with pytest.raises(OSError):
         train(config(data, run), world=tiny_world())

@@ -13,11 +13,11 @@ from safetensors.torch import load_file
 from smoothlib.checkpoint import latest_checkpoint, list_checkpoints
 from smoothlib.config import LR_SCHEDULERS, ConfigError, TrainConfig, flag
 from smoothlib.train import main, train
-from smoothlib import tiny
+from smoothlib import testing
 
 
 def tiny_world():
-    return tiny.tiny_world(sample_size=16, in_channels=3)
+    return testing.tiny_world(sample_size=16, in_channels=3)
 
 
 @pytest.fixture(scope="module")

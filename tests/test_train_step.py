@@ -5,7 +5,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from smoothlib.analytic import GaussianDenoiser
 from smoothlib.regularizer import StepVariationRegularizer
-from smoothlib.tiny import tiny_scheduler
+from smoothlib.testing import tiny_scheduler
 from smoothlib.train_step import training_step
 
 

@@ -5,17 +5,15 @@ from smoothlib.ddim import ddim_sample
 from smoothlib.interpolate import slerp
 from smoothlib.inversion import invert, reconstruct
 from smoothlib.metrics import istd_per_walk
-from smoothlib.tiny import tiny_scheduler, tiny_text_encoder, tiny_unet, tiny_vae, word_tokenizer
+from smoothlib.testing import tiny_world
 from smoothlib.walks import ISTDResult, etas, image_walk, istd_protocol, noise_walk, prompt_walk, seeded_noise
-from smoothlib.worlds import World
 
 STEPS = 3
 
 
 @pytest.fixture(scope="module")
 def world():
-    return World(name="tiny", unet=tiny_unet(sample_size=8), text_encoder=tiny_text_encoder(),
-                 tokenizer=word_tokenizer(), scheduler=tiny_scheduler(), vae=tiny_vae())
+    return tiny_world(vae=True)
 
 
 def _sample(world, x_T, prompt, w=7.5):

@@ -3,8 +3,10 @@
 import pytest
 import torch
 
-from smoothlib.tiny import tiny_pipeline
-from smoothlib.worlds import SHORT_NAMES, HubAccessError, World, hub_errors, load_world
+from smoothlib.hub import HubAccessError, hub_errors
+from smoothlib.testing import tiny_pipeline, tiny_world
+from smoothlib.world import World
+from smoothlib.worlds import SHORT_NAMES, load_world
 
 
 
@@ -61,13 +63,12 @@ def test_decode_and_encode_use_the_scaling_factor(saved):
 
 
 def test_pixel_world_without_vae_is_identity_up_to_range():
-    pipe = tiny_pipeline()
-    world = World(name="pixels", unet=pipe.unet, text_encoder=pipe.text_encoder,
-                  tokenizer=pipe.tokenizer, scheduler=pipe.scheduler, vae=None)
+    world = tiny_world(sample_size=32, name="pixels")  # tiny_pipeline()'s parts without its VAE
     images = torch.rand(2, 4, 32, 32)
     assert torch.equal(world.encode(images), images * 2 - 1)
     torch.testing.assert_close(world.decode(world.encode(images)), images)
     assert world.latent_shape == (4, 32, 32) and world.image_size == (32, 32)
+    assert world.datasets == {}  # no bundled training sets unless a world brings some
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Execute the course's notebooks top to bottom and render each to HTML.
 
-    python -m smoothlib.course --out build/course            # the whole course
-    python -m smoothlib.course --smoke 01_non_smoothness     # one notebook, CI-sized
+    python scripts/render_course.py --out build/course            # the whole course
+    python scripts/render_course.py --smoke 01_non_smoothness     # one notebook, CI-sized
 
 Each notebook runs on a fresh kernel in this Python environment; its
 parameter cell reads ``SMOOTHLIB_WORLD`` and ``SMOOTHLIB_SMOKE`` from the
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+"""The repository's notebooks/ (this script lives in scripts/)."""
 
 
 def notebooks(directory: Path = NOTEBOOKS, select: list[str] | None = None) -> list[Path]:

@@ -28,7 +28,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .toy import TOY_GUIDANCE, digit_prompt
+from .data import digit_prompt
+from .model import TOY_GUIDANCE
 
 Tensor = torch.Tensor
 
@@ -74,10 +75,10 @@ def smoothness_and_quality(world, num_pairs: int = 100, num_steps: int = 50,
 
     Returns :class:`ToyScores`, or ``(scores, frames [P, 11, 1, 16, 16])`` with ``return_frames``.
     """
+    from ..metrics import adjacent_distances
+    from ..walks import istd_protocol
     from .classifier import frechet_distance, prompt_adherence
-    from .metrics import adjacent_distances
-    from .toy import load_heldout_digits
-    from .walks import istd_protocol
+    from .data import load_heldout_digits
 
     prompts, seeds = walk_items(num_pairs)
     result = istd_protocol(world, prompts, seeds=seeds, guidance_scale=guidance_scale, num_steps=num_steps,

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-IMAGE_SIZE = 16
+from ..metrics import frechet_from_features
+from .assets import classifier_file, rebuild_hint
+from .data import IMAGE_SIZE
+
 FEATURE_DIM = 64
 VALUE_RANGES = ("01", "pm1")
 
@@ -71,13 +71,10 @@ def load_classifier(path: str | Path | None = None) -> DigitClassifier:
     """The trained classifier from ``data/classifier/model.safetensors``, frozen, in eval mode (cached)."""
     from safetensors.torch import load_file
 
-    from .toy import data_dir
-
-    path = Path(path) if path is not None else data_dir() / "classifier" / "model.safetensors"
+    path = Path(path) if path is not None else classifier_file()
     key = str(path.resolve())
     if key not in _CACHE:
         if not path.exists():
-            from .toy import rebuild_hint
             raise FileNotFoundError(f"{path} is missing; {rebuild_hint()}")
         model = DigitClassifier()
         model.load_state_dict(load_file(path))
@@ -110,25 +107,6 @@ def digit_features(images: torch.Tensor, value_range: str = "01", classifier=Non
     return torch.cat([classifier.features(b) for b in check_images(images, value_range).split(512)]).double()
 
 
-def frechet_from_features(f1: torch.Tensor, f2: torch.Tensor) -> float:
-    """|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2) between Gaussian fits of two feature sets.
-
-    The matrix square root goes through symmetric eigen-decompositions in
-    float64 (negative round-off eigenvalues clipped to 0), which stays real and
-    stable where the covariances are singular.
-    """
-    if len(f1) < 2 or len(f2) < 2:
-        raise ValueError("the Frechet distance needs at least 2 images per set")
-    a, b = np.asarray(f1, dtype=np.float64), np.asarray(f2, dtype=np.float64)
-    mu1, mu2 = a.mean(0), b.mean(0)
-    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    w, v = np.linalg.eigh(s1)
-    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    middle = root1 @ s2 @ root1
-    tr_cross = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0, None)).sum()
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_cross)
-
-
 def frechet_distance(real_images: torch.Tensor, generated_images: torch.Tensor, value_range: str = "01",
                      classifier=None) -> float:
     """Frechet distance of real vs generated images in the classifier's feature space (our analogue of FID).
@@ -137,34 +115,3 @@ def frechet_distance(real_images: torch.Tensor, generated_images: torch.Tensor, 
     """
     return frechet_from_features(digit_features(real_images, value_range, classifier),
                                  digit_features(generated_images, value_range, classifier))
-
-
-def train_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: int = 12, batch_size: int = 64,
-                     lr: float = 2e-3, seed: int = 0, progress: bool = True) -> DigitClassifier:
-    """Train :class:`DigitClassifier` on uint8 images [N, 1, 16, 16] with random shifts of up to 1 pixel.
-
-    Adam, cosine-decayed learning rate, cross-entropy; returns the model in eval mode.
-    """
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    model = DigitClassifier()
-    x_all, n = images.float() / 255, len(images)
-    steps = epochs * (n // batch_size)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    bar = tqdm(total=steps, desc="classifier", disable=not progress)
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=gen)
-        for i in range(n // batch_size):
-            idx = order[i * batch_size:(i + 1) * batch_size]
-            dy, dx = torch.randint(-1, 2, (2,), generator=gen).tolist()
-            x = torch.roll(F.pad(x_all[idx], (1, 1, 1, 1)), (dy, dx), dims=(2, 3))[:, :, 1:-1, 1:-1]
-            loss = F.cross_entropy(model(x), labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            bar.update()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    bar.close()
-    return model.eval().requires_grad_(False)

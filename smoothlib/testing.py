@@ -1,19 +1,18 @@
-"""Tiny Stable Diffusion components, built in memory from config, for tests and benchmarks.
+"""For tests and benchmarks only: tiny Stable Diffusion components and worlds, built in memory from config.
 
 Same classes as Stable Diffusion 1.x (``UNet2DConditionModel``, ``AutoencoderKL``,
 ``CLIPTextModel``, ``CLIPTokenizer``, ``DDIMScheduler``) with a few thousand
 to a few hundred thousand parameters, random weights, deterministic under a
-seed, and no file or network access. Nothing here is a trained model.
+seed, and no file or network access. Nothing here is a trained model, and
+nothing in the library proper imports this module.
 """
 from __future__ import annotations
 
-import string
-
 import torch
 
+from .word_tokenizer import _word_vocab, word_tokenizer
+
 TINY_CROSS_DIM = 32
-
-
 
 
 def tiny_unet(seed: int = 0, sample_size: int = 32, in_channels: int = 4,
@@ -45,36 +44,6 @@ def tiny_vae(seed: int = 0):
         ).eval()
 
 
-def word_tokenizer(words=(), max_length: int = 16):
-    """A ``CLIPTokenizer`` built in memory: every lower-case letter, digit and
-    punctuation mark, plus each word in ``words`` as one token (through BPE
-    merges), so that known words cost one token and unknown ones still encode.
-    """
-    from transformers import CLIPTokenizer
-
-    vocab, merges = _word_vocab(words)
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
-
-
-def _word_vocab(words) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """The vocabulary and BPE merges of :func:`word_tokenizer`."""
-    specials = ["<|startoftext|>", "<|endoftext|>"]
-    chars = list(string.ascii_lowercase + string.digits + string.punctuation)
-    vocab: dict[str, int] = {}
-    for tok in specials + chars + [c + "</w>" for c in chars]:
-        vocab.setdefault(tok, len(vocab))
-    merges: list[tuple[str, str]] = []
-    for w in words:
-        w = w.lower()
-        left = w[0]
-        for i, c in enumerate(w[1:], start=1):
-            right = c + ("</w>" if i == len(w) - 1 else "")
-            merges.append((left, right))
-            left = left + right
-            vocab.setdefault(left, len(vocab))
-    return vocab, list(dict.fromkeys(merges))
-
-
 def tiny_text_encoder(seed: int = 0, vocab_size: int = 1000, hidden_size: int = TINY_CROSS_DIM,
                       max_position_embeddings: int = 77):
     """A 2-layer ``CLIPTextModel`` with hidden size 32 (matching :func:`tiny_unet`)."""
@@ -98,13 +67,15 @@ def tiny_scheduler(prediction_type: str = "epsilon"):
                          steps_offset=1, prediction_type=prediction_type)
 
 
-def tiny_world(sample_size: int = 8, in_channels: int = 4, seed: int = 0):
-    """A pixel-space :class:`smoothlib.worlds.World` of the tiny parts (no VAE): images of
-    ``in_channels`` x ``sample_size`` x ``sample_size``, random weights, for tests."""
-    from .worlds import World
+def tiny_world(sample_size: int = 8, in_channels: int = 4, seed: int = 0, vae: bool = False, name: str = "tiny"):
+    """A :class:`smoothlib.world.World` of the tiny parts, random weights, for tests: pixel space (no VAE),
+    images of ``in_channels`` x ``sample_size`` x ``sample_size``; with ``vae``, latent space through
+    :func:`tiny_vae` (latents ``in_channels`` x ``sample_size``, images twice the size)."""
+    from .world import World
 
-    return World(name="tiny", unet=tiny_unet(seed, sample_size=sample_size, in_channels=in_channels),
-                 text_encoder=tiny_text_encoder(seed), tokenizer=word_tokenizer(), scheduler=tiny_scheduler())
+    return World(name=name, unet=tiny_unet(seed, sample_size=sample_size, in_channels=in_channels),
+                 text_encoder=tiny_text_encoder(seed), tokenizer=word_tokenizer(), scheduler=tiny_scheduler(),
+                 vae=tiny_vae(seed) if vae else None)
 
 
 def tiny_pipeline(seed: int = 0):
@@ -166,7 +137,7 @@ def save_tiny_sd15(folder, seed: int = 0):
 
     from diffusers import StableDiffusionPipeline
 
-    from .lora import attach_lora, save_smooth_lora
+    from .lora import attach_lora, save_lora
 
     root = Path(folder)
     pipeline_dir, lora_dir = root / "stable-diffusion-v1-5", root / "smooth-diffusion-lora"
@@ -196,5 +167,5 @@ def save_tiny_sd15(folder, seed: int = 0):
         params = attach_lora(unet, rank=4)
         for p in params:  # B = 0 would make the LoRA a no-op; give both factors weights
             p.data = torch.randn_like(p) * 0.05
-    lora_file = save_smooth_lora(unet, lora_dir, format="release")
+    lora_file = save_lora(unet, lora_dir, format="release")
     return pipeline_dir, lora_file
