@@ -78,6 +78,19 @@ def tiny_world(sample_size: int = 8, in_channels: int = 4, seed: int = 0, vae: b
                  vae=tiny_vae(seed) if vae else None)
 
 
+def random_lora(unet, rank: int = 4, alpha: float = 2.0, seed: int = 3) -> list[torch.nn.Parameter]:
+    """Attach a LoRA (``attach_lora``) and fill its A and B with 0.1 N(0, 1) from ``seed``: a stand-in for a
+    trained LoRA (alpha != rank by default, so that a format that drops alpha shows); returns its tensors."""
+    from .lora import attach_lora
+
+    params = attach_lora(unet, rank=rank, alpha=alpha)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in params:
+            p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    return params
+
+
 def tiny_pipeline(seed: int = 0):
     """A ``StableDiffusionPipeline`` of tiny components (safety checker off)."""
     from diffusers import StableDiffusionPipeline

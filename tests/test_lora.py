@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 from smoothlib.hub import HubAccessError
 from smoothlib.lora import (LoraLoadError, attach_lora, attention_projections, load_smooth_lora, lora_disabled,
                             lora_enabled, lora_parameters, remove_lora, save_lora, set_lora_strength)
-from smoothlib.testing import tiny_pipeline, tiny_unet
+from smoothlib.testing import random_lora, tiny_pipeline, tiny_unet
 
 RANK = 4
 
@@ -241,16 +241,6 @@ def test_failure_after_injection_is_undone(unet, release_file, monkeypatch):
 # --------------------------------------------------------------------------- fresh LoRA, saving, other formats
 
 
-def trained_lora(unet, rank=RANK, alpha=2.0, seed=3):
-    """attach_lora, then random A and B, standing in for a trained LoRA (alpha != rank on purpose)."""
-    params = attach_lora(unet, rank=rank, alpha=alpha)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in params:
-            p.copy_(0.1 * torch.randn(p.shape, generator=g))
-    return params
-
-
 def test_attach_lora_starts_at_the_base_and_trains(unet):
     base_out = run(unet)
     params = attach_lora(unet, rank=8)
@@ -276,7 +266,7 @@ def test_attach_lora_bad_targets_leave_unet_unchanged(unet):
 
 
 def test_diffusers_save_roundtrips_through_plain_load_lora_weights(unet, tmp_path):
-    trained_lora(unet)
+    random_lora(unet, rank=RANK)
     ours = run(unet)
     path = save_lora(unet, tmp_path / "lora")
     assert path.name == "pytorch_lora_weights.safetensors"
@@ -290,7 +280,7 @@ def test_diffusers_save_roundtrips_through_plain_load_lora_weights(unet, tmp_pat
 
 
 def test_kohya_export_roundtrips_through_diffusers_and_ours(unet, tmp_path):
-    trained_lora(unet)
+    random_lora(unet, rank=RANK)
     ours = run(unet)
     path = save_lora(unet, tmp_path / "webui.safetensors", format="kohya")
     sd = load_file(str(path))
@@ -305,7 +295,7 @@ def test_kohya_export_roundtrips_through_diffusers_and_ours(unet, tmp_path):
 
 
 def test_release_export_roundtrips(unet, tmp_path):
-    trained_lora(unet)
+    random_lora(unet, rank=RANK)
     ours = run(unet)
     set_lora_strength(unet, 0.3)  # a runtime setting: not saved
     path = save_lora(unet, tmp_path, format="release")

@@ -21,6 +21,21 @@ def test_shipped_loras_are_listed_in_the_checksums():
         assert (path.parent / "MODEL_CARD.md").read_text().startswith("# Toy")
 
 
+def test_shipped_loras_carry_only_the_adapter_metadata_diffusers_needs():
+    """Written by save_lora's rules: no field a newer peft added, which diffusers with peft 0.18 would refuse."""
+    from safetensors import safe_open
+
+    from smoothlib.lora.io import ADAPTER_METADATA_FIELDS
+
+    paths = sorted((toy.data_dir() / "toy_lora").glob("*/pytorch_lora_weights.safetensors"))
+    assert len(paths) >= 2
+    for path in paths:
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads(f.metadata()["lora_adapter_metadata"])
+        assert set(meta) == {"unet." + name for name in ADAPTER_METADATA_FIELDS}, path
+        assert (meta["unet.r"], meta["unet.lora_alpha"]) == (8, 8), path
+
+
 def test_unknown_toy_lora_names_the_shipped_ones():
     with pytest.raises(FileNotFoundError, match="shipped"):
         toy.lora_path("no-such-lora")

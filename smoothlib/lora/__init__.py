@@ -15,7 +15,7 @@ tensors. It is stored in diffusers 0.20's attention-processor format
 files (``lora_unet_..._to_q.lora_down.weight`` with ``.alpha``); it checks every
 tensor against the UNet *before* changing it, injects the result as a named peft
 adapter, and raises :class:`LoraLoadError` instead of dropping anything silently.
-:func:`save_lora` writes our LoRA for diffusers (with its alpha), for
+:func:`save_lora` writes our LoRA for diffusers (with the adapter metadata any peft >= 0.18 reads), for
 AUTOMATIC1111/ComfyUI (kohya keys) or in the release's format.
 
 The package's parts: :mod:`.adapter` (the adapter on a live UNet: attach, strength,
@@ -25,12 +25,12 @@ on/off, remove), :mod:`.formats` (the three file formats, both directions) and
 from .adapter import (ADAPTER, ATTENTION_PROJECTIONS, attach_lora, attention_projections, lora_disabled,
                       lora_enabled, lora_parameters, remove_lora, set_lora_strength)
 from .formats import LoraLoadError
-from .io import (DIFFUSERS_LORA_FILE, SMOOTH_LORA_FILE, SMOOTH_LORA_REPO, LoraReport, load_smooth_lora,
-                 save_lora)
+from .io import (DIFFUSERS_LORA_FILE, KOHYA_LORA_FILE, LORA_FORMATS, SMOOTH_LORA_FILE, SMOOTH_LORA_REPO, LoraReport,
+                 adapter_metadata, load_smooth_lora, save_lora)
 
 __all__ = [
     "ADAPTER", "ATTENTION_PROJECTIONS", "attach_lora", "attention_projections", "lora_disabled", "lora_enabled",
     "lora_parameters", "remove_lora", "set_lora_strength",
-    "LoraLoadError", "LoraReport", "DIFFUSERS_LORA_FILE", "SMOOTH_LORA_FILE", "SMOOTH_LORA_REPO",
-    "load_smooth_lora", "save_lora",
+    "LoraLoadError", "LoraReport", "DIFFUSERS_LORA_FILE", "KOHYA_LORA_FILE", "LORA_FORMATS", "SMOOTH_LORA_FILE",
+    "SMOOTH_LORA_REPO", "adapter_metadata", "load_smooth_lora", "save_lora",
 ]

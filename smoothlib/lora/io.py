@@ -27,6 +27,15 @@ SMOOTH_LORA_FILE = "smooth_lora.safetensors"
 """The release's file name in its repository, and the name of a LoRA saved in the release's format."""
 DIFFUSERS_LORA_FILE = "pytorch_lora_weights.safetensors"
 """diffusers' default LoRA file name, read from other repositories and folders, and written by :func:`save_lora`."""
+KOHYA_LORA_FILE = "smooth_lora_kohya.safetensors"
+"""The name of a LoRA saved with kohya/webui keys."""
+LORA_FORMATS = {"diffusers": DIFFUSERS_LORA_FILE, "kohya": KOHYA_LORA_FILE, "release": SMOOTH_LORA_FILE}
+"""The formats :func:`save_lora` writes, each with its default file name."""
+ADAPTER_METADATA_FIELDS = ("r", "lora_alpha", "target_modules", "rank_pattern", "alpha_pattern")
+"""The ``LoraConfig`` fields a diffusers file's adapter metadata holds: what diffusers needs to rebuild
+the adapter (``LoraConfig(**metadata)``), and nothing a newer peft added that an older one would refuse."""
+ADAPTER_METADATA_FLAGS = ("use_dora", "use_rslora", "lora_bias")
+"""Fields that change the computation, written only when set (an older peft knows them all)."""
 _CONVERT_LORA = "safetensors.torch.save_file(torch.load(path, weights_only=True), 'lora.safetensors')"
 
 
@@ -221,8 +230,8 @@ def _copy_in(unet, pairs: dict[str, _Pair], adapter_name: str) -> None:
 def save_lora(unet, path: str | Path, adapter_name: str = ADAPTER, format: str = "diffusers") -> Path:
     """Write the adapter ``adapter_name`` to ``path`` (a folder, or a ``.safetensors`` file name); return the file.
 
-    - ``"diffusers"``: diffusers' own LoRA file with its adapter metadata (alpha,
-      targets), so ``pipe.load_lora_weights(path)`` in any diffusers program
+    - ``"diffusers"``: diffusers' own LoRA file with its adapter metadata (:func:`adapter_metadata`:
+      rank, alpha, targets), so ``pipe.load_lora_weights(path)`` in any diffusers program
       reproduces the model; default name ``pytorch_lora_weights.safetensors``.
     - ``"kohya"``: ``lora_unet_..._to_q.lora_down.weight`` keys with ``.alpha``
       (AUTOMATIC1111, ComfyUI, and diffusers load it); default ``smooth_lora_kohya.safetensors``.
@@ -235,17 +244,15 @@ def save_lora(unet, path: str | Path, adapter_name: str = ADAPTER, format: str =
 
     _require_adapter(unet, adapter_name)
     config = unet.peft_config[adapter_name]
-    names = {"diffusers": DIFFUSERS_LORA_FILE, "kohya": "smooth_lora_kohya.safetensors",
-             "release": SMOOTH_LORA_FILE}
-    if format not in names:
-        raise ValueError(f"unknown format {format!r}; use one of {sorted(names)}")
+    if format not in LORA_FORMATS:
+        raise ValueError(f"unknown format {format!r}; use one of {sorted(LORA_FORMATS)}")
     path = Path(path)
-    folder, filename = (path.parent, path.name) if path.suffix == ".safetensors" else (path, names[format])
+    folder, filename = (path.parent, path.name) if path.suffix == ".safetensors" else (path, LORA_FORMATS[format])
     state = {k: v.detach().float().cpu().contiguous()
              for k, v in get_peft_model_state_dict(unet, adapter_name=adapter_name).items()}
     if format == "diffusers":
         StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=state, weight_name=filename,
-                                                  unet_lora_adapter_metadata=config.to_dict())
+                                                  unet_lora_adapter_metadata=adapter_metadata(config))
         return folder / filename
     if config.use_dora or config.use_rslora:
         raise ValueError(f"the {format} format has no place for DoRA or rsLoRA; save as 'diffusers'")
@@ -255,3 +262,19 @@ def save_lora(unet, path: str | Path, adapter_name: str = ADAPTER, format: str =
     folder.mkdir(parents=True, exist_ok=True)
     save_file(out, str(folder / filename), metadata={"format": "pt"})
     return folder / filename
+
+
+def adapter_metadata(config) -> dict:
+    """The adapter metadata of a diffusers file: the fields of :data:`ADAPTER_METADATA_FIELDS`, plus those of
+    :data:`ADAPTER_METADATA_FLAGS` that are set.
+
+    diffusers rebuilds the adapter as ``LoraConfig(**metadata)`` and infers nothing when the file has
+    metadata, so these are all it needs; the whole ``config.to_dict()`` would carry the installed peft's
+    newest fields, which an older peft refuses (``TypeError: LoraConfig class could not be instantiated``).
+    """
+    meta = {name: getattr(config, name) for name in ADAPTER_METADATA_FIELDS}
+    targets = config.target_modules  # a regex string, or a set peft made of the list
+    meta["target_modules"] = targets if isinstance(targets, str) else sorted(targets)
+    meta["rank_pattern"], meta["alpha_pattern"] = dict(meta["rank_pattern"] or {}), dict(meta["alpha_pattern"] or {})
+    meta.update({name: True for name in ADAPTER_METADATA_FLAGS if getattr(config, name, False)})
+    return meta
