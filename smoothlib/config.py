@@ -18,6 +18,7 @@ import typing
 from dataclasses import dataclass, field
 
 from .checks import check_choice, check_number
+from .lora import LORA_FORMATS
 from .regularizer import check_settings
 
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
@@ -33,7 +34,7 @@ RESUME_FIXED = ("rank", "lora_alpha", "reg_t_buckets")
 
 RESUME_FREE = ("output_dir", "resume", "max_train_steps", "checkpointing_steps", "checkpoints_total_limit",
                "validation_prompts", "validation_steps", "validation_guidance", "validation_num_steps",
-               "report_to", "save_release_format", "dataloader_num_workers", "progress",
+               "report_to", "lora_formats", "dataloader_num_workers", "progress",
                "gradient_checkpointing", "overwrite_output_dir", "resume_override")
 """Settings a resume may change without naming them: the run's length, bookkeeping and memory.
 Every other setting must equal the checkpoint's unless named in ``resume_override``."""
@@ -100,6 +101,8 @@ class TrainConfig:
     reg_relative: bool = False
     """With reg_t_buckets > 1: penalise ((r - a) / a)^2, so every range of t weighs the same (not the release)."""
     noise_offset: float = 0.0
+    vae_latents: str = "sample"
+    """Training latents of a latent-space world: "sample" draws each from the VAE posterior (the release and diffusers' train_text_to_image) with the micro-batch's generator, "mean" takes its mean. A pixel-space world has no VAE and ignores it."""
 
     # -- optimisation
     learning_rate: float = 1e-4
@@ -129,7 +132,7 @@ class TrainConfig:
     checkpoints_total_limit: int | None = 3
     """Keep this many newest checkpoints (>= 1; "none" keeps all). Before each checkpoint the LoRA weights and optimizer moments are checked: a non-finite one stops the run and is never written."""
     resume: str | None = None
-    """A checkpoint folder, or "latest" (the newest intact one in output_dir). Every setting must equal the checkpoint's, except those named in resume_override and these, free to change: max_train_steps (above the checkpoint's step), checkpointing, validation, report_to, progress, dataloader_num_workers, gradient_checkpointing. history.jsonl is cut back to the checkpoint's step."""
+    """A checkpoint folder, or "latest" (the newest intact one in output_dir). Every setting must equal the checkpoint's, except those named in resume_override and these, free to change: max_train_steps (above the checkpoint's step), checkpointing, validation, report_to, progress, lora_formats, dataloader_num_workers, gradient_checkpointing. history.jsonl is cut back to the checkpoint's step."""
     resume_override: list[str] = field(default_factory=list)
     """Settings a resume may change, by name (learning_rate seed ...) or "all"; each change is printed old -> new and takes effect (the learning rate, betas, epsilon and weight decay replace the checkpoint's). rank, lora_alpha and reg_t_buckets can never change."""
     overwrite_output_dir: bool = False
@@ -140,8 +143,8 @@ class TrainConfig:
     validation_num_steps: int = 50
     report_to: str | None = None
     """"tensorboard" writes logs to output_dir/logs (needs the tensorboard package)."""
-    save_release_format: bool = False
-    """Also write the final LoRA in the release's attention-processor format."""
+    lora_formats: list[str] = field(default_factory=lambda: ["diffusers"])
+    """The final LoRA's files in output_dir/final/, one per format: "diffusers" (pytorch_lora_weights.safetensors), "kohya" (AUTOMATIC1111 / ComfyUI, smooth_lora_kohya.safetensors), "release" (the release's attention-processor keys, smooth_lora.safetensors)."""
     dataloader_num_workers: int = 0
     progress: bool = True
 
@@ -166,6 +169,13 @@ class TrainConfig:
             check_number(getattr(self, name), flag(name), **bounds)
         check_choice(self.mixed_precision, flag("mixed_precision"), ("no", "fp16", "bf16"))
         check_choice(self.lr_scheduler, flag("lr_scheduler"), LR_SCHEDULERS)
+        check_choice(self.vae_latents, flag("vae_latents"), ("sample", "mean"))
+        if isinstance(self.lora_formats, str) or not self.lora_formats:
+            raise ValueError(f"{flag('lora_formats')} needs a list of one or more of {', '.join(LORA_FORMATS)}, "
+                             f"got {self.lora_formats!r}")
+        for name in self.lora_formats:
+            check_choice(name, flag("lora_formats"), tuple(LORA_FORMATS))
+        self.lora_formats = list(dict.fromkeys(self.lora_formats))  # each format once, in the order given
         check_settings(lambda arg: flag(REGULARIZER_FIELDS.get(arg, arg)), **self.regularizer_settings())
 
     def regularizer_settings(self) -> dict:

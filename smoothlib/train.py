@@ -11,7 +11,8 @@ Recipe of :func:`train`:
    moves it aside, never deletes), a checkpoint whose settings differ from this run's (each
    listed old -> new; ``--resume-override`` names those that may change), a
    ``--max-train-steps`` at or below the checkpoint's step;
-1. accelerator (device, processes, mixed precision), seed;
+1. accelerator (device, processes, mixed precision), printed, with a warning for a multi-process launch
+   that came up as one process; seed;
 2. the world, frozen (a pixel-space world's image size must equal ``--resolution``);
    a fresh LoRA on its UNet, trainable, in fp32;
 3. data, AdamW, learning-rate schedule, the regularizer (its running mean a is state);
@@ -24,7 +25,7 @@ Recipe of :func:`train`:
    checkpoint (after checking the LoRA weights, optimizer moments and a are finite: a
    non-finite one stops the run unwritten, so the newest checkpoint stays the resume point),
    validation images;
-7. the final LoRA in diffusers' format (and the release's on request).
+7. the final LoRA in output_dir/final/, one file per format of ``--lora-formats`` (default diffusers').
 
 The UNet is not wrapped in DistributedDataParallel: its gradients are LoRA-sized
 and are averaged by one all-reduce per optimizer step, which stays correct with
@@ -33,15 +34,18 @@ Gradient checkpointing works with ``estimator="finite_difference"`` and with
 lambda_reg = 0; the exact estimator's double backward refuses it.
 All randomness of a micro-batch (t, eps, y, caption dropout) comes from a
 generator seeded by (seed, micro-batch, process), so a resumed run continues
-exactly as an uninterrupted one would.
+exactly as an uninterrupted one would; so does the VAE posterior's draw of a latent-space
+world's x_0 (``--vae-latents sample``, as the release).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +71,8 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     skipped: list = field(default_factory=list)
     seconds: float = 0.0
+    lora_files: dict[str, Path] = field(default_factory=dict)
+    """The final LoRA's file per format (``--lora-formats``); ``lora_path`` is the first."""
 
 
 def _dataset(cfg: TrainConfig, world):
@@ -89,6 +95,25 @@ def _check_resolution(cfg: TrainConfig, world) -> None:
         raise ConfigError(f"--resolution {cfg.resolution} does not match the image size of the world "
                           f"{world.name!r}, {height}x{width}: a pixel-space world works at that size only; "
                           f"use --resolution {height}")
+
+
+def _launch_warning(num_processes: int, env=os.environ) -> str | None:
+    """A multi-process launch that came up as one process, or None.
+
+    torchrun (``accelerate launch --multi_gpu``) sets WORLD_SIZE in every process; accelerate's simple
+    launcher sets MASTER_ADDR/MASTER_PORT when asked for more than one process, and ACCELERATE_MIXED_PRECISION
+    always, and starts a single process for ``--cpu --num_processes 2`` unless MPI is set up.
+    """
+    if num_processes > 1:
+        return None
+    world_size = int(env.get("WORLD_SIZE") or 1)
+    simple = "ACCELERATE_MIXED_PRECISION" in env and "MASTER_PORT" in env and "WORLD_SIZE" not in env
+    if world_size <= 1 and not simple:
+        return None
+    asked = f"WORLD_SIZE={world_size}" if world_size > 1 else "accelerate launch --num_processes > 1"
+    return (f"{asked}, but this run has 1 process. accelerate launch starts "
+            "one process for --cpu --num_processes N (unless MPI is set up); for N CPU "
+            "processes run ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes N -m smoothlib.train ...")
 
 
 def _collate(items):
@@ -145,6 +170,10 @@ def train(cfg: TrainConfig, world=None, dataset=None) -> TrainResult:
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=cfg.report_to,
                               project_dir=str(Path(cfg.output_dir) / "logs"),
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    accelerator.print(f"smoothlib-train: {accelerator.num_processes} process(es) on {accelerator.device.type} "
+                      f"({accelerator.distributed_type.value})")
+    if (launch := _launch_warning(accelerator.num_processes)) is not None:
+        warnings.warn(launch, RuntimeWarning, stacklevel=2)
     resume_from, checkpoint = open_checkpoint(accelerator, cfg)
     blocking = in_the_way(cfg, resume_from, checkpoint[1]["step"] if checkpoint else 0)
     set_seed(cfg.seed)
@@ -216,7 +245,8 @@ def train(cfg: TrainConfig, world=None, dataset=None) -> TrainResult:
                 drop = torch.rand(len(captions), generator=g) < cfg.caption_dropout
                 captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
             with torch.no_grad():
-                x_0 = world.encode(_to_world_images(batch["pixel_values"], world)).float()
+                x_0 = world.encode(_to_world_images(batch["pixel_values"], world),
+                                   sample=cfg.vae_latents == "sample", generator=g).float()
                 emb = world.encode_prompt(captions).float()
             with accelerator.autocast():
                 out = training_step(unet, x_0, emb, world.scheduler, regularizer if cfg.lambda_reg > 0 else None,
@@ -269,17 +299,16 @@ def train(cfg: TrainConfig, world=None, dataset=None) -> TrainResult:
 
     # 7. the final LoRA
     accelerator.wait_for_everyone()
-    lora_path = None
+    lora_files = {}
     if accelerator.is_main_process:
-        lora_path = save_lora(unet, Path(cfg.output_dir) / "final")
-        if cfg.save_release_format:
-            save_lora(unet, Path(cfg.output_dir) / "final", format="release")
+        lora_files = {fmt: save_lora(unet, Path(cfg.output_dir) / "final", format=fmt) for fmt in cfg.lora_formats}
     skipped = list(getattr(dataset, "skipped", []))
     if skipped:
         accelerator.print(f"{len(skipped)} file(s) skipped as unreadable: " + ", ".join(p for p, _ in skipped[:5])
                           + (" ..." if len(skipped) > 5 else ""))
     accelerator.end_training()
-    return TrainResult(Path(cfg.output_dir), lora_path, step, history, skipped, time.perf_counter() - start)
+    return TrainResult(Path(cfg.output_dir), next(iter(lora_files.values()), None), step, history, skipped,
+                       time.perf_counter() - start, lora_files)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -296,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 1
     if result.lora_path is not None:
-        print(f"trained {result.global_step} steps in {result.seconds:.0f} s; LoRA: {result.lora_path}")
+        print(f"trained {result.global_step} steps in {result.seconds:.0f} s; LoRA: "
+              + ", ".join(str(path) for path in result.lora_files.values()))
     return 0
 
 

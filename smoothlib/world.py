@@ -108,11 +108,14 @@ class World:
                   for chunk in latents.split(batch_size)]
         return (torch.cat(images).float() / 2 + 0.5).clamp(0, 1)
 
-    def encode(self, images: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+    def encode(self, images: torch.Tensor, batch_size: int = 8, sample: bool = False,
+               generator: torch.Generator | None = None) -> torch.Tensor:
         """Images in [0, 1], [B, 3, H, W] -> latents x_0 on the world's device and dtype.
 
-        Uses the mean of the VAE posterior (no sampling), so that inversion and
-        reconstruction experiments are deterministic.
+        By default the mean of the VAE posterior, so that inversion and reconstruction
+        experiments are deterministic; ``sample=True`` draws from it instead,
+        mean + std * noise with the noise from ``generator`` (as the release and diffusers'
+        train_text_to_image train). A pixel-space world has no posterior and ignores both.
         """
         if images.min() < 0 or images.max() > 1:
             raise ValueError("encode expects images in [0, 1]; rescale them first "
@@ -121,8 +124,9 @@ class World:
         if self.vae is None:
             return samples.to(self.device, self.dtype)
         scale, shift = self._latent_scaling()
-        latents = [self.vae.encode(chunk.to(self.vae.device, self.vae.dtype)).latent_dist.mean
-                   for chunk in samples.split(batch_size)]
+        posteriors = [self.vae.encode(chunk.to(self.vae.device, self.vae.dtype)).latent_dist
+                      for chunk in samples.split(batch_size)]
+        latents = [p.sample(generator) if sample else p.mean for p in posteriors]
         return ((torch.cat(latents) - shift) * scale).to(self.device, self.dtype)
 
     def _latent_scaling(self) -> tuple[float, float]:

@@ -66,6 +66,86 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, buckets, relative):
     assert any(v.abs().max() > 0 for k, v in a.items() if "lora_B" in k), "the LoRA did not train"
 
 
+def vae_world():
+    """Latent space: 4x8x8 latents of 16x16 images through the tiny VAE."""
+    return testing.tiny_world(vae=True)
+
+
+def test_world_encode_samples_the_vae_posterior_with_the_generator():
+    world = vae_world()
+    images = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    mean = world.encode(images)
+    draw = world.encode(images, sample=True, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(world.encode(images, sample=True, generator=torch.Generator().manual_seed(1)), draw)
+    assert not torch.allclose(world.encode(images, sample=True, generator=torch.Generator().manual_seed(2)), draw)
+    with torch.no_grad():  # by hand: (mean + std * noise) * scaling_factor, the noise drawn from the same seed
+        posterior = world.vae.encode(images * 2 - 1).latent_dist
+        noise = torch.randn(posterior.mean.shape, generator=torch.Generator().manual_seed(1))
+        scale = world.vae.config.scaling_factor
+        torch.testing.assert_close(mean, posterior.mean * scale, rtol=0, atol=1e-6)
+        torch.testing.assert_close(draw, (posterior.mean + posterior.std * noise) * scale, rtol=0, atol=1e-6)
+    assert (draw - mean).abs().max() > 1e-3
+    pixels = tiny_world()
+    flat = torch.rand(2, 3, 16, 16)
+    assert torch.equal(pixels.encode(flat, sample=True, generator=torch.Generator().manual_seed(1)), pixels.encode(flat))
+
+
+def test_resume_equals_an_uninterrupted_run_with_sampled_vae_latents(tmp_path):
+    kw = dict(lambda_reg=0.5, vae_latents="sample")
+    straight = train(config(tmp_path, output_dir=str(tmp_path / "a"), **kw), world=vae_world())
+    train(config(tmp_path, output_dir=str(tmp_path / "b"), max_train_steps=2, **kw), world=vae_world())
+    resumed = train(config(tmp_path, output_dir=str(tmp_path / "b"), resume="latest", **kw), world=vae_world())
+    a, b = lora_of(tmp_path / "a"), lora_of(tmp_path / "b")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    assert [h["mse"] for h in resumed.history] == pytest.approx([h["mse"] for h in straight.history[2:]], abs=1e-6)
+    mean = train(config(tmp_path, output_dir=str(tmp_path / "m"), lambda_reg=0.5, vae_latents="mean"),
+                 world=vae_world())
+    assert mean.history[0]["mse"] != straight.history[0]["mse"]  # the draw is used
+
+
+def merged_delta(unet, name, adapter="smooth"):
+    """(alpha / r) B A of one layer, from the adapter's own tensors."""
+    layer = unet.get_submodule(name)
+    return layer.lora_alpha[adapter] / layer.r[adapter] * layer.lora_B[adapter].weight @ layer.lora_A[adapter].weight
+
+
+def unet_out(unet):
+    g = torch.Generator().manual_seed(0)
+    x, c = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 6, 32, generator=g)
+    with torch.no_grad():
+        return unet(x, torch.tensor([10, 500]), c).sample
+
+
+def test_each_requested_lora_format_round_trips_and_loads_in_diffusers(tmp_path):
+    from smoothlib.lora import attention_projections, load_smooth_lora
+
+    world = vae_world()
+    result = train(config(tmp_path, max_train_steps=2, rank=4, lora_alpha=2.0, lambda_reg=0.0,
+                          lora_formats=["diffusers", "kohya", "release"]), world=world)
+    files = result.lora_files
+    assert {f: p.name for f, p in files.items()} == {"diffusers": "pytorch_lora_weights.safetensors",
+                                                     "kohya": "smooth_lora_kohya.safetensors",
+                                                     "release": "smooth_lora.safetensors"}
+    assert all(p.parent == tmp_path / "run" / "final" for p in files.values()) and result.lora_path == files["diffusers"]
+    names = attention_projections(world.unet)
+    trained = {n: merged_delta(world.unet, n) for n in names}
+    assert max(d.abs().max().item() for d in trained.values()) > 0, "the LoRA did not train"
+    outputs = {}
+    for fmt, path in files.items():  # smoothlib reads each back to the trained weights
+        fresh = testing.tiny_unet(sample_size=8)
+        load_smooth_lora(fresh, path)
+        for n in names:
+            torch.testing.assert_close(merged_delta(fresh, n), trained[n], rtol=0, atol=1e-7)
+        outputs[fmt] = unet_out(fresh)
+    for fmt in ("diffusers", "kohya"):  # diffusers' pipeline loader
+        pipe = tiny_pipeline()
+        pipe.load_lora_weights(str(files[fmt].parent), weight_name=files[fmt].name)
+        torch.testing.assert_close(unet_out(pipe.unet), outputs[fmt], rtol=0, atol=1e-6)
+    unet = testing.tiny_unet()  # the release's keys: diffusers' model loader, without the "unet." prefix
+    unet.load_lora_adapter(load_file(files["release"]), prefix=None)
+    torch.testing.assert_close(unet_out(unet), outputs["release"], rtol=0, atol=1e-6)
+
+
 def test_truncated_checkpoint_is_refused_and_the_previous_one_resumes(tmp_path):
     cfg = config(tmp_path, max_train_steps=4, checkpointing_steps=1, lambda_reg=0.0)
     train(cfg, world=tiny_world())

@@ -96,6 +96,10 @@ def run(run2, tmp_path):
     (["--lr-scheduler", "cosine_annealing"], "--lr-scheduler must be one of constant, constant_with_warmup, linear"),
     (["--resume-override", "rank"], "--resume-override: rank can never change on resume"),
     (["--resume-override", "learning_rat"], "--resume-override: unknown setting 'learning_rat'"),
+    (["--vae-latents", "mode"], "--vae-latents must be one of sample, mean; got 'mode'"),
+    (["--vae-latents", "Sample"], "--vae-latents must be one of sample, mean; got 'Sample'"),
+    (["--lora-formats", "diffusers", "webui"], "--lora-formats must be one of diffusers, kohya, release; got 'webui'"),
+    (["--lora-formats"], "--lora-formats needs a list of one or more of diffusers, kohya, release, got []"),
 ])
 def test_bad_flags_stop_at_parsing_with_a_message_naming_the_flag(args, message, capsys):
     with pytest.raises(SystemExit) as stop:
@@ -112,6 +116,53 @@ def test_the_same_checks_apply_to_a_config_built_in_python():
         TrainConfig(max_train_steps=10.5)
     assert TrainConfig(checkpoints_total_limit=None).checkpoints_total_limit is None
     assert TrainConfig(resume_override=["learning-rate"]).resume_override == ["learning_rate"]
+
+
+def test_lora_formats_and_vae_latents_flags_parse():
+    import argparse
+
+    from smoothlib.config import RESUME_FREE, add_arguments, from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    cfg = from_args(parser.parse_args(["--lora-formats", "kohya", "release", "kohya", "--vae-latents", "mean"]))
+    assert (cfg.lora_formats, cfg.vae_latents) == (["kohya", "release"], "mean")
+    default = from_args(parser.parse_args([]))
+    assert (default.lora_formats, default.vae_latents) == (["diffusers"], "sample")
+    assert "lora_formats" in RESUME_FREE and "vae_latents" not in RESUME_FREE
+    saved = dataclasses.asdict(TrainConfig())
+    assert TrainConfig(lora_formats=["release"]).resume_changes(saved, "ckpt") == []
+    with pytest.raises(ConfigError, match="vae_latents: 'sample' -> 'mean'"):
+        TrainConfig(vae_latents="mean").resume_changes(saved, "ckpt")
+
+
+@pytest.mark.parametrize("env, warned", [
+    ({}, False),                                                       # a plain run
+    ({"ACCELERATE_MIXED_PRECISION": "no", "ACCELERATE_USE_CPU": "True"}, False),      # accelerate launch, 1 process
+    ({"ACCELERATE_MIXED_PRECISION": "no", "ACCELERATE_USE_CPU": "True",               # --cpu --num_processes 2
+      "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}, True),
+    ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_PORT": "29500"}, True),  # torchrun's two, seen as one
+])
+def test_a_multi_process_launch_that_came_up_as_one_process_is_warned(env, warned):
+    """The environments are those accelerate 1.x's launchers set (measured with accelerate launch on a script
+    that prints os.environ)."""
+    from smoothlib.train import _launch_warning
+
+    message = _launch_warning(1, env)
+    assert (message is not None) == warned
+    if warned:
+        assert "1 process" in message and "--multi_gpu" in message
+    assert _launch_warning(2, {**env, "WORLD_SIZE": "2"}) is None
+
+
+def test_the_trainer_says_how_many_processes_it_runs_on(data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.warns(RuntimeWarning, match="but this run has 1 process"):
+        train(config(data, tmp_path / "run", max_train_steps=1), world=tiny_world())
+    assert "smoothlib-train: 1 process(es) on cpu" in capsys.readouterr().out
 
 
 def test_resume_changes_lists_allowed_changes_and_refuses_the_rest():
