@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
@@ -18,18 +18,24 @@ def to_pil(image: torch.Tensor) -> Image.Image:
 
 
 def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2, scale: int = 1) -> Image.Image:
-    """Tile a batch [B, C, H, W] in [0, 1] into one image, ``nrow`` images per row, enlarged ``scale`` times."""
+    """Tile a batch [B, C, H, W] in [0, 1] into one image, ``nrow`` images per row, enlarged ``scale`` times.
+
+    diffusers' ``make_image_grid`` does the tiling; each image first gets a white ``pad`` on its
+    right and bottom (and the grid one on its left and top), and a last row that is not full is
+    filled with white tiles.
+    """
+    from diffusers.utils import make_image_grid
+
     if images.ndim != 4:
         raise ValueError(f"image_grid expects [B, C, H, W], got shape {tuple(images.shape)}")
     b, c, h, w = images.shape
     nrow = nrow or math.ceil(math.sqrt(b))
     rows = math.ceil(b / nrow)
-    grid = torch.ones(c, rows * (h + pad) + pad, nrow * (w + pad) + pad)
-    for i, im in enumerate(images):
-        y, x = pad + (i // nrow) * (h + pad), pad + (i % nrow) * (w + pad)
-        grid[:, y:y + h, x:x + w] = im.detach().float().cpu()
-    out = to_pil(grid)
-    return out.resize((out.width * scale, out.height * scale), Image.NEAREST) if scale > 1 else out
+    tiles = [ImageOps.expand(to_pil(im), border=(0, 0, pad, pad), fill="white") for im in images]
+    tiles += [Image.new(tiles[0].mode, tiles[0].size, "white")] * (rows * nrow - b)
+    grid = ImageOps.expand(make_image_grid(tiles, rows, nrow), border=(pad, pad, 0, 0), fill="white")
+    grid = grid.convert("L") if c == 1 else grid
+    return grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST) if scale > 1 else grid
 
 
 def save_grid(images: torch.Tensor, path: str | Path, **kwargs) -> Path:
