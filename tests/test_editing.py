@@ -23,6 +23,25 @@ def test_switch_schedule():
     assert switch_schedule(50, 0.0) == 50 and switch_schedule(50, 1.0) == 0
     with pytest.raises(ValueError, match="ratio"):
         switch_schedule(50, 1.5)
+    with pytest.raises(ValueError, match="rule must be one of nearest, release"):
+        switch_schedule(50, 0.7, rule="ceil")
+
+
+def _release_source_steps(num_steps, ratio):
+    """The authors' loop, transcribed: the source prompt conditions step i while i < (1 - r) N."""
+    steps = 0
+    for i in range(num_steps):
+        if i < (1 - ratio) * num_steps:
+            steps += 1
+    return steps
+
+
+def test_release_rule_reproduces_the_release_step_count():
+    assert (switch_schedule(50, 0.7), switch_schedule(50, 0.7, rule="release")) == (15, 16)
+    pairs = [(n, r) for n in (10, 20, 25, 30, 40, 50, 60, 70, 80, 90, 100) for r in (0.5, 0.6, 0.7, 0.8, 0.9)]
+    assert all(switch_schedule(n, r, rule="release") == _release_source_steps(n, r) for n, r in pairs)
+    differ = [(n, r) for n, r in pairs if switch_schedule(n, r) != switch_schedule(n, r, rule="release")]
+    assert (50, 0.7) in differ and 0 < len(differ) < len(pairs)
 
 
 def test_no_switch_is_the_nti_reconstruction(setup):
@@ -53,3 +72,13 @@ def test_edit_inverts_when_not_given_an_inversion(setup):
     world, image, inv = setup
     out = edit(world, image, "a cat", "a dog", ratio=0.75, num_steps=STEPS, progress=False)
     torch.testing.assert_close(out, edit(world, image, "a cat", "a dog", ratio=0.75, inversion=inv, progress=False))
+
+
+def test_the_release_rule_reaches_the_edit(setup):
+    world, image, inv = setup
+    # N = 4, r = 0.7: (1 - r) N = 1.2000000000000002, so the release keeps the source for 2 steps, "nearest" for 1;
+    # r = 0.5 keeps it for 2 with either rule
+    assert (switch_schedule(STEPS, 0.7), switch_schedule(STEPS, 0.7, "release"), switch_schedule(STEPS, 0.5)) == (1, 2, 2)
+    release = edit(world, image, "a cat", "a dog", ratio=0.7, inversion=inv, progress=False, rule="release")
+    torch.testing.assert_close(release, edit(world, image, "a cat", "a dog", ratio=0.5, inversion=inv, progress=False))
+    assert not torch.allclose(release, edit(world, image, "a cat", "a dog", ratio=0.7, inversion=inv, progress=False))
