@@ -14,6 +14,10 @@ ISTD from walks that merely shrank is not smoothness; "-" for scores cached befo
 were recorded). Rows with the same lambda, estimator, lazy interval, t ranges and penalty form are grouped over seeds;
 changes are paired walk by walk, against the base and against the lambda = 0
 control (the mean of its seeds' per-walk scores).
+
+Each model is measured by ``smoothlib-eval``'s protocol (:mod:`smoothlib.evaluate.protocols`); this
+script adds what is particular to the run folders: their ``run.json`` labels, seeds grouped into one
+row, and the training wall time. For any other set of LoRAs, ``smoothlib-eval istd`` (docs/evaluation.md).
 """
 from __future__ import annotations
 
@@ -32,17 +36,24 @@ import torch  # noqa: E402
 
 
 def measure(folder: Path | None, cache: Path, pairs: int, steps: int, guidance: float, progress: bool) -> dict:
+    """One model's scores through smoothlib-eval's Table 1 protocol, in the record layout of ``ToyScores``."""
+    from smoothlib.evaluate import istd_records, summarize_istd
     from smoothlib.toy import load_toy_world
-    from smoothlib.toy.evaluation import smoothness_and_quality
+    from smoothlib.toy.evaluation import walk_items
 
     world = load_toy_world(folder / "pytorch_lora_weights.safetensors" if folder is not None else None)
+    prompts, seeds = walk_items(pairs)
     start = time.perf_counter()
-    scores = smoothness_and_quality(world, num_pairs=pairs, num_steps=steps, guidance_scale=guidance,
-                                    progress=progress)
-    record = {**scores.to_dict(), "eval_wall_s": round(time.perf_counter() - start, 1)}
+    walks = istd_records(world, prompts, seeds, list(range(pairs)), guidance_scale=guidance, num_steps=steps,
+                         batch_size=110, progress=progress)
+    s = summarize_istd(world, walks)
+    record = {**{k: s[k] for k in ("istd", "istd_stderr", "adherence", "frechet", "mean_step", "end_distance")},
+              "num_pairs": pairs, "num_steps": steps, "guidance_scale": guidance,
+              "per_walk": [w["istd"] for w in walks], "eval_wall_s": round(time.perf_counter() - start, 1)}
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(record))
-    print(f"{folder or 'base'}: {scores}", flush=True)
+    print(f"{folder or 'base'}: ISTD {s['istd']:.4f} +- {s['istd_stderr']:.4f}, adherence {s['adherence']:.3f}, "
+          f"Frechet {s['frechet']:.1f}", flush=True)
     return record
 
 
