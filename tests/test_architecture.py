@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "smoothlib"
 ROOT = PACKAGE.parent
 
 CORE = ("prediction", "ddim", "interpolate", "attention", "regularizer", "running_mean", "train_step",
-        "metrics", "inversion", "walks", "editing")
+        "metrics", "inversion", "walks", "editing", "drag")
 """The paper's modules: the diffusion core, the regularizer and the downstream tasks."""
 NOT_IN_CORE = ("toy", "lesson", "testing")
 """What the core must not reach, even through other modules: the bundled world (its classifier
