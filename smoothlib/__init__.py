@@ -12,14 +12,16 @@ The package's rooms (symbols as in docs/notation.md):
   (slerp), ``attention`` (kernels with a double backward);
 - the regularizer: ``regularizer`` (r, two estimators, and its settings), ``running_mean`` (a and
   L_reg), ``train_step`` (one step of L = L_mse + lambda L_reg);
-- downstream tasks: ``metrics`` (ISTD), ``walks``, ``inversion``, ``editing``;
+- downstream tasks: ``metrics`` (ISTD), ``walks``, ``inversion``, ``editing``, ``drag`` (drag editing);
 - worlds: ``world`` (the World dataclass), ``worlds`` (load_world by name), ``sd`` (Stable
   Diffusion 1.x), ``hub`` (Hub errors, the safetensors-only policy), ``lora/`` (adapter control,
   file formats, loading and saving);
 - the trainer: ``train`` (the loop), ``config``, ``checks``, ``run_dir``, ``train_state``,
   ``checkpoint``, ``data``; ``images``, ``device``, ``viz``;
 - ``toy/`` (the bundled world, its classifier and evaluation), ``lesson`` (per-world notebook
-  settings), ``testing`` (tiny components for tests and benchmarks), ``analytic``, ``cost``.
+  settings), ``testing`` (tiny components for tests and benchmarks), ``analytic``, ``cost``;
+- ``evaluate/`` (the ``smoothlib-eval`` command: Table 1 and Table 2 for any world and LoRA),
+  ``export`` (walks as GIF and MP4).
 """
 # the diffusion core
 from .attention import check_double_backward, double_backward_attention
@@ -30,6 +32,7 @@ from .prediction import predict_x0, training_target, x0_and_eps
 from .regularizer import ESTIMATORS, StepVariationRegularizer, default_step, finite_difference_variation, step_variation
 from .train_step import StepLosses, training_step
 # downstream tasks
+from .drag import DragRecord, drag_edit
 from .editing import edit, prompt_switch_sample, switch_schedule
 from .inversion import (Inversion, ReconstructionReport, invert, null_text_inversion, reconstruct,
                         reconstruction_protocol, sample_with_null_text)
@@ -54,7 +57,7 @@ __all__ = [
     "predict_x0", "training_target", "x0_and_eps",
     "ESTIMATORS", "StepVariationRegularizer", "default_step", "finite_difference_variation", "step_variation",
     "StepLosses", "training_step",
-    "edit", "prompt_switch_sample", "switch_schedule",
+    "DragRecord", "drag_edit", "edit", "prompt_switch_sample", "switch_schedule",
     "Inversion", "ReconstructionReport", "invert", "null_text_inversion", "reconstruct",
     "reconstruction_protocol", "sample_with_null_text",
     "adjacent_distances", "istd", "istd_per_walk", "lpips_distance", "mse", "pdv", "ppl", "psnr",
