@@ -222,16 +222,16 @@ def cost_table(repeats: int, device: torch.device, models: dict):
 
 
 def r_over_t(device: torch.device, models: dict, per_bucket: int = 48, batch: int = 16):
-    """Mean r in t buckets [0, 333), [333, 666), [666, 1000), with the prefactor (1 - abar)/sqrt(abar)."""
+    """Mean r in t buckets [0, 333), [333, 666), [666, 1000), with the prefactor (1 - alpha_bar_t)/sqrt(alpha_bar_t)."""
     sch = tiny_scheduler()
-    abar_table = sch.alphas_cumprod.to(device)
+    alphas_cumprod = sch.alphas_cumprod.to(device)
     buckets = [(0, 333), (333, 666), (666, 1000)]
     for model_name, (factory, shape, _) in models.items():
         unet = with_lora(factory()).to(device)
         g = torch.Generator().manual_seed(0)
         print(f"\nr over t, {model_name.split(',')[0]} (random init, LoRA at identity), "
               f"{per_bucket} samples per bucket")
-        print("| t | mean r | min r | max r | mean (1 - abar)/sqrt(abar) | r / prefactor |")
+        print("| t | mean r | min r | max r | mean (1 - alpha_bar_t)/sqrt(alpha_bar_t) | r / prefactor |")
         print("| --- | --- | --- | --- | --- | --- |")
         for lo, hi in buckets:
             rs, pre = [], []
@@ -239,16 +239,16 @@ def r_over_t(device: torch.device, models: dict, per_bucket: int = 48, batch: in
                 t = torch.randint(lo, hi, (batch,), generator=g).to(device)
                 x0 = torch.randn(batch, *shape, generator=g).to(device)
                 eps = torch.randn(batch, *shape, generator=g).to(device).requires_grad_()
-                abar = abar_table[t]
-                a = abar.reshape(-1, 1, 1, 1)
-                x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+                alpha_bar_t = alphas_cumprod[t]
+                alpha_bar = alpha_bar_t.reshape(-1, 1, 1, 1)
+                x_t = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * eps
                 with double_backward_attention(unet):
                     out = unet(x_t, t, encoder_hidden_states=torch.randn(batch, 8, unet.config.cross_attention_dim,
                                                                    generator=g).to(device)).sample
-                x0_hat = x0_and_eps(out, x_t, abar)[0]
-                r = step_variation(x0_hat, eps, direction(x0_hat, abar, g)).detach()
+                x0_hat = x0_and_eps(out, x_t, alpha_bar_t)[0]
+                r = step_variation(x0_hat, eps, direction(x0_hat, alpha_bar_t, g)).detach()
                 rs.append(r)
-                pre.append((1 - abar) / abar.sqrt())
+                pre.append((1 - alpha_bar_t) / alpha_bar_t.sqrt())
             r, p = torch.cat(rs), torch.cat(pre)
             print(f"| [{lo}, {hi}) | {r.mean():.3f} | {r.min():.3f} | {r.max():.3f} | {p.mean():.3f} | "
                   f"{(r / p).mean():.3f} |")

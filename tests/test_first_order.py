@@ -68,10 +68,11 @@ def test_linear_map_gives_norm_of_A_u_to_float_precision():
     t = torch.randint(0, sch.config.num_train_timesteps, (B,), generator=g)
     torch.randn(x0.shape, generator=g, dtype=torch.float64)  # eps
     y = torch.randn(x0.shape, generator=g, dtype=torch.float64) / math.sqrt(D)
-    a = sch.alphas_cumprod.double()[t]
+    alpha_bar_t = sch.alphas_cumprod.double()[t]
     for i in range(B):
-        A = (1 - a[i]).sqrt() / a[i].sqrt() * (torch.eye(D, dtype=torch.float64) - (1 - a[i]).sqrt() * model.M)
-        expected = (A @ ((1 - a[i]).sqrt() * y[i].flatten())).norm()
+        alpha_bar_i = alpha_bar_t[i]
+        A = (1 - alpha_bar_i).sqrt() / alpha_bar_i.sqrt() * (torch.eye(D, dtype=torch.float64) - (1 - alpha_bar_i).sqrt() * model.M)
+        expected = (A @ ((1 - alpha_bar_i).sqrt() * y[i].flatten())).norm()
         torch.testing.assert_close(out.r[i], expected.detach(), rtol=1e-10, atol=0)
 
 
@@ -87,8 +88,8 @@ def test_exact_and_first_order_agree_for_a_symmetric_jacobian():
     first = training_step(model, x0, c, sch, StepVariationRegularizer(estimator=FD), generator=_gen())
     torch.testing.assert_close(first.r, exact.r, rtol=1e-6, atol=0)
     torch.testing.assert_close(first.mse, exact.mse, rtol=1e-12, atol=0)
-    a = sch.alphas_cumprod.double()[first.t]
-    closed = (1 - a) * a.sqrt() * s**2 / (a * s**2 + 1 - a)  # times ||g||/sqrt(D) = 1 +- 1/sqrt(2D)
+    alpha_bar_t = sch.alphas_cumprod.double()[first.t]
+    closed = (1 - alpha_bar_t) * alpha_bar_t.sqrt() * s**2 / (alpha_bar_t * s**2 + 1 - alpha_bar_t)  # times ||g||/sqrt(D) = 1 +- 1/sqrt(2D)
     torch.testing.assert_close(first.r, closed, rtol=0.05, atol=0)
 
 
@@ -127,13 +128,13 @@ def test_nonlinear_network_converges_until_rounding_takes_over():
 
 def test_shift_has_the_chosen_relative_size():
     x_t = torch.randn(3, 4, 8, 8, generator=_gen(2), dtype=torch.float64)
-    abar = torch.tensor([0.999, 0.5, 0.01], dtype=torch.float64)
-    u = direction(x_t, abar, _gen(3))
-    x_shift, s = shifted_input(x_t, u, abar, h=1e-3)
+    alpha_bar_t = torch.tensor([0.999, 0.5, 0.01], dtype=torch.float64)
+    u = direction(x_t, alpha_bar_t, _gen(3))
+    x_shift, s = shifted_input(x_t, u, alpha_bar_t, h=1e-3)
     delta = x_shift - x_t
     torch.testing.assert_close(delta.flatten(1).norm(dim=1), 1e-3 * x_t.flatten(1).norm(dim=1), rtol=1e-10, atol=0)
     # the shift is the forward process's image of eps -> eps + s u
-    torch.testing.assert_close(delta, (1 - abar).sqrt().reshape(-1, 1, 1, 1) * s.reshape(-1, 1, 1, 1) * u,
+    torch.testing.assert_close(delta, (1 - alpha_bar_t).sqrt().reshape(-1, 1, 1, 1) * s.reshape(-1, 1, 1, 1) * u,
                                rtol=1e-10, atol=1e-15)
 
 
@@ -141,10 +142,10 @@ def test_default_step_is_the_square_root_of_machine_epsilon():
     assert default_step(torch.float32) == pytest.approx(3.45e-4, rel=1e-2)
     assert default_step(torch.float16) == pytest.approx(0.03125)
     assert default_step(torch.bfloat16) == pytest.approx(0.0884, rel=1e-2)
-    x_t, abar = torch.ones(1, 1, 2, 2), torch.tensor([0.5])
+    x_t, alpha_bar_t = torch.ones(1, 1, 2, 2), torch.tensor([0.5])
     u = torch.ones(1, 1, 2, 2)
     for dtype in (torch.float32, torch.bfloat16):
-        x_shift, _ = shifted_input(x_t, u, abar, compute_dtype=dtype)
+        x_shift, _ = shifted_input(x_t, u, alpha_bar_t, compute_dtype=dtype)
         torch.testing.assert_close((x_shift - x_t).norm(), default_step(dtype) * x_t.norm())
 
 
@@ -177,8 +178,8 @@ def test_first_order_step_reaches_lora_only(lora_unet):
 
 
 def test_first_order_r_is_the_exact_r_in_mean_square(lora_unet):
-    """r_fd = ||J u|| and r = ||J^T u|| differ per sample but share E r^2 = (1 - abar) tr(J J^T) / D;
-    here J is close to I / sqrt(abar), so they also agree closely per sample."""
+    """r_fd = ||J u|| and r = ||J^T u|| differ per sample but share E r^2 = (1 - alpha_bar_t) tr(J J^T) / D;
+    here J is close to I / sqrt(alpha_bar_t), so they also agree closely per sample."""
     exact = _step(lora_unet, StepVariationRegularizer(), B=4)
     first = _step(lora_unet, StepVariationRegularizer(estimator=FD), B=4)
     assert torch.equal(exact.t, first.t)

@@ -13,11 +13,11 @@ from smoothlib.prediction import x0_and_eps
 from smoothlib.regularizer import StepVariationRegularizer, step_variation
 
 
-def _x0_hat_through_forward_process(net, x0, eps, abar):
-    """x_t = sqrt(abar) x0 + sqrt(1 - abar) eps, then x0_hat from an eps-predicting net."""
-    a = abar.reshape(-1, 1, 1, 1)
-    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
-    return x0_and_eps(net(x_t), x_t, abar)[0]
+def _x0_hat_through_forward_process(net, x0, eps, alpha_bar_t):
+    """x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps, then x0_hat from an eps-predicting net."""
+    alpha_bar = alpha_bar_t.reshape(-1, 1, 1, 1)
+    x_t = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * eps
+    return x0_and_eps(net(x_t), x_t, alpha_bar_t)[0]
 
 
 def _small_net():
@@ -46,13 +46,13 @@ def test_nonlinear_network_matches_explicit_jacobian():
     net = _small_net()
     B, shape = 2, (2, 4, 4)
     x0 = torch.randn(B, *shape, dtype=torch.float64)
-    abar = torch.tensor([0.9, 0.2], dtype=torch.float64)
+    alpha_bar_t = torch.tensor([0.9, 0.2], dtype=torch.float64)
     eps = torch.randn(B, *shape, dtype=torch.float64, requires_grad=True)
     y = torch.randn(B, *shape, dtype=torch.float64)
-    r = step_variation(_x0_hat_through_forward_process(net, x0, eps, abar), eps, y)
+    r = step_variation(_x0_hat_through_forward_process(net, x0, eps, alpha_bar_t), eps, y)
     for i in range(B):
         def f(e, i=i):
-            return _x0_hat_through_forward_process(net, x0[i:i + 1], e, abar[i:i + 1]).flatten()
+            return _x0_hat_through_forward_process(net, x0[i:i + 1], e, alpha_bar_t[i:i + 1]).flatten()
         J = torch.autograd.functional.jacobian(f, eps[i:i + 1].detach()).reshape(-1, y[i].numel())
         torch.testing.assert_close(r[i], (J.T @ y[i].flatten()).norm(), rtol=1e-12, atol=0)
 
@@ -60,18 +60,18 @@ def test_nonlinear_network_matches_explicit_jacobian():
 def test_double_backward_is_correct_by_gradcheck():
     net = _small_net()
     x0 = torch.randn(1, 2, 4, 4, dtype=torch.float64)
-    abar = torch.tensor([0.5], dtype=torch.float64)
+    alpha_bar_t = torch.tensor([0.5], dtype=torch.float64)
     e0 = torch.randn(1, 2, 4, 4, dtype=torch.float64)
     y = torch.randn(1, 2, 4, 4, dtype=torch.float64)
     w = net[0].weight
 
     def r_of(weight):
         eps = e0.clone().requires_grad_()
-        a = abar.reshape(-1, 1, 1, 1)
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+        alpha_bar = alpha_bar_t.reshape(-1, 1, 1, 1)
+        x_t = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * eps
         h = torch.nn.functional.conv2d(x_t, weight, net[0].bias, padding=1)
         out = net[2](torch.tanh(h))
-        return step_variation(x0_and_eps(out, x_t, abar)[0], eps, y)
+        return step_variation(x0_and_eps(out, x_t, alpha_bar_t)[0], eps, y)
 
     assert torch.autograd.gradcheck(r_of, (w.detach().clone().requires_grad_(),))
 
@@ -115,18 +115,18 @@ def test_module_matches_release_values_and_gradients_over_steps():
     a_release = 0.0
     for step in range(3):
         x0 = torch.randn(4, 2, 4, 4, dtype=torch.float64)
-        abar = torch.rand(4, dtype=torch.float64) * 0.9 + 0.05
+        alpha_bar_t = torch.rand(4, dtype=torch.float64) * 0.9 + 0.05
         eps = torch.randn(4, 2, 4, 4, dtype=torch.float64, requires_grad=True)
-        x0_hat = _x0_hat_through_forward_process(net, x0, eps, abar)
+        x0_hat = _x0_hat_through_forward_process(net, x0, eps, alpha_bar_t)
 
         g = torch.Generator().manual_seed(step)
-        penalty, r = reg(x0_hat, eps, abar, generator=g)
+        penalty, r = reg(x0_hat, eps, alpha_bar_t, generator=g)
         params = [net[0].weight, net[0].bias, net[2].weight]  # net[2].bias does not move r
         grads = torch.autograd.grad(penalty, params, retain_graph=True)
 
         noise = torch.randn(x0_hat.shape, generator=torch.Generator().manual_seed(step), dtype=torch.float64)
         p_ref, a_release, r_ref = _release_step_regularize(
-            x0_hat, eps, a_release, (1 - abar).sqrt().reshape(-1, 1, 1, 1), noise)
+            x0_hat, eps, a_release, (1 - alpha_bar_t).sqrt().reshape(-1, 1, 1, 1), noise)
         grads_ref = torch.autograd.grad(p_ref, params)
 
         torch.testing.assert_close(r, r_ref, rtol=1e-12, atol=0)
@@ -209,9 +209,9 @@ def _rank_worker(rank, world, port, out_dir):
         for _ in range(3):
             eps = torch.randn(2, 1, 4, 4, requires_grad=True)
             x0_hat = (rank + 1.0) * torch.tanh(eps)
-            abar = torch.rand(2)
-            synced(x0_hat, eps, abar, generator=torch.Generator().manual_seed(7))
-            local(x0_hat, eps, abar, generator=torch.Generator().manual_seed(7))
+            alpha_bar_t = torch.rand(2)
+            synced(x0_hat, eps, alpha_bar_t, generator=torch.Generator().manual_seed(7))
+            local(x0_hat, eps, alpha_bar_t, generator=torch.Generator().manual_seed(7))
         torch.save({"synced": synced.a.clone(), "local": local.a.clone()},
                    os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
