@@ -6,9 +6,10 @@
 
 1. course: every notebook is executed and rendered (scripts/render_course.py's ``render``) in the
    toy world, full mode unless ``--smoke``; one time per notebook;
-2. suite: the two pytest runs of scripts/test.sh (the library's tests and the notebooks in the toy
-   world, then the notebooks in the Stable Diffusion stand-in, float16) with ``--junitxml``; each
-   test's time is summed per file (a notebook under nbval is one file, its cells its tests);
+2. suite: the two pytest runs of scripts/test.sh (the library's tests, the toy world's notebooks
+   rendered among them by tests/test_render.py, then the notebooks under nbval in the Stable
+   Diffusion stand-in, float16) with ``--junitxml``; each test's time is summed per file (a
+   notebook under nbval is one file, its cells its tests);
 3. printed: each part's seconds, the slowest ten, the total and the wall time. Run it on an idle
    machine, or compare two runs made under the same load: on a busy 2-core machine everything
    takes 2 to 3 times as long, and only ratios within one run are meaningful.
@@ -63,7 +64,7 @@ def suite_times() -> dict[str, float]:
     out = ROOT / "build" / "timings"
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, **OFFLINE, SMOOTHLIB_SMOKE="1", MPLBACKEND="Agg")
-    _pytest(["tests", "--nbval-lax", "--nbval-current-env", "notebooks"], env, out / "toy.xml")
+    _pytest(["tests"], env, out / "toy.xml")
     times = _per_file(out / "toy.xml")
     subprocess.run([sys.executable, "scripts/make_sd_world.py", "build/sd_world"], cwd=ROOT, env=env, check=True,
                    stdout=subprocess.DEVNULL)
