@@ -102,6 +102,10 @@ SETTINGS = {
     "exact, lazy k = 4": (1.0, lambda B: StepVariationRegularizer(every=4), 4, False, False),
     "exact, sub-batch half": (1.0, lambda B: StepVariationRegularizer(sub_batch=B // 2), 1, False, False),
     "first order, every step": (1.0, lambda B: StepVariationRegularizer(estimator=FD), 1, False, False),
+    "first order, sub-batch quarter": (1.0, lambda B: StepVariationRegularizer(estimator=FD, sub_batch=B // 4), 1,
+                                       False, False),
+    "first order, sub-batch half": (1.0, lambda B: StepVariationRegularizer(estimator=FD, sub_batch=B // 2), 1,
+                                    False, False),
     "first order, lazy k = 4": (1.0, lambda B: StepVariationRegularizer(estimator=FD, every=4), 4, False, False),
     "first order, checkpointing": (1.0, lambda B: StepVariationRegularizer(estimator=FD), 1, False, True),
     "first order, lazy k = 4, checkpointing": (1.0, lambda B: StepVariationRegularizer(estimator=FD, every=4), 4,
@@ -193,12 +197,12 @@ def peak_memory(fn, n, device):
     return tracker.peak, cuda_peak
 
 
-def cost_table(repeats: int, device: torch.device, models: dict):
+def cost_table(repeats: int, device: torch.device, models: dict, settings: dict = SETTINGS):
     for model_name, (factory, shape, B) in models.items():
         unet = with_lora(factory()).to(device)
         n_params = sum(p.numel() for p in unet.parameters())
         steps = {name: (make_step(unet, shape, B, lam, make_reg(B), math, ckpt), k)
-                 for name, (lam, make_reg, k, math, ckpt) in SETTINGS.items()}
+                 for name, (lam, make_reg, k, math, ckpt) in settings.items()}
         times = {name: [] for name in steps}
         for name, (fn, k) in steps.items():  # warm-up
             timed(fn, k, device)
@@ -262,6 +266,8 @@ def main():
     parser.add_argument("--no-r", action="store_true", help="skip the r-over-t table")
     parser.add_argument("--models", nargs="+", metavar="WORD", help="only the models whose name contains one "
                         f"of these words (names: {'; '.join(MODELS)})")
+    parser.add_argument("--settings", nargs="+", metavar="WORD", help="only the settings whose name contains one of "
+                        "these words (the plain LoRA step, the ratios' base, always runs)")
     args = parser.parse_args()
     models = {n: m for n, m in MODELS.items() if not args.models or any(w in n for w in args.models)}
     if not models:
@@ -270,7 +276,9 @@ def main():
     repeats = 3 if args.quick else args.repeats
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print(f"torch {torch.__version__}, device {device} ({name}), {torch.get_num_threads()} threads")
-    cost_table(repeats, device, models)
+    settings = {n: s for n, s in SETTINGS.items()
+                if n == "plain LoRA step" or not args.settings or any(w in n for w in args.settings)}
+    cost_table(repeats, device, models, settings)
     if not args.no_r:
         r_over_t(device, models, per_bucket=16 if args.quick else 48)
 

@@ -99,7 +99,12 @@ def main(argv=None) -> int:
     p.add_argument("--t-buckets", type=int, default=1, help="running means of r: 1 (the release) or one per T/K steps")
     p.add_argument("--relative", action="store_true",
                    help="with --t-buckets: penalise ((r - a) / a)^2 so every range of t weighs the same")
+    p.add_argument("--reg-t-min", type=int, default=0, help="penalise only the samples with t >= this")
     p.add_argument("--steps", type=int, default=RECIPE["max_train_steps"])
+    p.add_argument("--rank", type=int, default=RECIPE["rank"], help="LoRA rank (alpha = rank)")
+    p.add_argument("--learning-rate", type=float, default=RECIPE["learning_rate"])
+    p.add_argument("--reg-sub-batch", type=int, default=None,
+                   help="regularize only the first n samples of each batch (the others get the plain loss)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", default=str(ROOT / "runs" / "toy_lora"))
     p.add_argument("--resume", action="store_true", help="continue from the run's newest checkpoint")
@@ -117,17 +122,19 @@ def main(argv=None) -> int:
     from smoothlib.train import train
 
     out = Path(a.runs) / a.name
-    cfg = TrainConfig(**{**RECIPE, "max_train_steps": a.steps}, lambda_reg=a.lambda_reg, seed=a.seed,
+    cfg = TrainConfig(**{**RECIPE, "max_train_steps": a.steps, "rank": a.rank, "learning_rate": a.learning_rate},
+                      reg_sub_batch=a.reg_sub_batch, reg_t_min=a.reg_t_min, lambda_reg=a.lambda_reg, seed=a.seed,
                       estimator=a.estimator, reg_every=a.reg_every, reg_t_buckets=a.t_buckets, reg_relative=a.relative, output_dir=str(out),
                       resume="latest" if a.resume else None, overwrite_output_dir=a.overwrite_output_dir)
     result = train(cfg)
     record = {"name": a.name, "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
               "lambda_reg": a.lambda_reg, "seed": a.seed, "estimator": a.estimator, "reg_every": a.reg_every, "t_buckets": a.t_buckets,
-              "relative": a.relative,
+              "relative": a.relative, "rank": a.rank, "learning_rate": a.learning_rate, "reg_sub_batch": a.reg_sub_batch,
+              "reg_t_min": a.reg_t_min,
               "steps": result.global_step, "wall_s": round(result.seconds, 1), "threads": a.threads,
               "torch": torch.__version__, "machine": platform.machine(),
               "final_a": result.history[-1]["a"] if result.history else None,
-              "recipe": {k: v for k, v in RECIPE.items() if k != "max_train_steps"}}
+              "recipe": {k: v for k, v in RECIPE.items() if k not in ("max_train_steps", "rank", "learning_rate")}}
     (out / "run.json").write_text(json.dumps(record, indent=1))
     shutil.copy(result.lora_path, out / "pytorch_lora_weights.safetensors")
     print(json.dumps(record))

@@ -57,18 +57,28 @@ def measure(folder: Path | None, cache: Path, pairs: int, steps: int, guidance: 
     return record
 
 
+LEVERS = {"rank": 8, "learning_rate": 5e-4, "steps": 2000, "reg_sub_batch": None, "reg_t_min": 0}
+"""Recipe settings beyond the regularizer's form, with the value every earlier run used."""
+
+
 def group_key(run: dict) -> tuple:
     return (run.get("lambda_reg", 0.0), run.get("estimator", "exact"), run.get("reg_every", 1), run.get("t_buckets", 1),
-            run.get("relative", False))
+            run.get("relative", False), tuple((k, run.get(k, v)) for k, v in LEVERS.items()))
 
 
 def label(key: tuple) -> str:
-    lam, est, every, buckets, relative = key
+    lam, est, every, buckets, relative, levers = key
+    levers = dict(levers)
+    extra = "".join([f", rank {levers['rank']}" if levers["rank"] != 8 else "",
+                     f", lr {levers['learning_rate']:g}" if levers["learning_rate"] != 5e-4 else "",
+                     f", {levers['steps']} steps" if levers["steps"] != 2000 else "",
+                     f", sub-batch {levers['reg_sub_batch']}" if levers["reg_sub_batch"] else "",
+                     f", t >= {levers['reg_t_min']}" if levers["reg_t_min"] else ""])
     if lam == 0:
-        return "+ LoRA, lambda = 0 (control)"
+        return "+ LoRA, lambda = 0 (control)" + extra
     name = "exact" if est == "exact" else "first-order"
     return (f"+ Smooth LoRA, lambda = {lam:g}, {name}" + (f", lazy k = {every}" if every > 1 else "")
-            + (f", a per t range ({buckets})" if buckets > 1 else "") + (", relative" if relative else ""))
+            + (f", a per t range ({buckets})" if buckets > 1 else "") + (", relative" if relative else "") + extra)
 
 
 def mean_walks(records: list[dict]) -> list[float]:
@@ -89,13 +99,13 @@ def table(base: dict, runs: dict[str, tuple[dict, dict]]) -> str:
     groups = defaultdict(list)
     for name, (run, scores) in sorted(runs.items()):
         groups[group_key(run)].append((name, run, scores))
-    control_key = (0.0, "exact", 1, 1, False)
+    control_key = (0.0, "exact", 1, 1, False, tuple(LEVERS.items()))
     control = mean_walks([s for _, _, s in groups[control_key]]) if control_key in groups else None
     lines = ["| model | seeds | ISTD (per seed) | vs base | vs control | step / ends | adherence | Frechet | train wall |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
              f"| base | | {base['istd']:.4f} (s.e. {base['istd_stderr']:.4f}) | | | {walk_scale([base])} | "
              f"{base['adherence']:.3f} | {base['frechet']:.1f} | |"]
-    for key in sorted(groups, key=lambda k: (k[0] != 0, k[1] != "exact", k[2], k[3], k[4], k[0])):
+    for key in sorted(groups, key=lambda k: (k[0] != 0, k[1] != "exact", k[2], k[3], k[4], str(k[5]), k[0])):
         members = groups[key]
         walks = mean_walks([s for _, _, s in members])
         seeds = ", ".join(str(run.get("seed")) for _, run, _ in members)

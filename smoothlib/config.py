@@ -26,7 +26,7 @@ LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine
 
 REGULARIZER_FIELDS = {"every": "reg_every", "sub_batch": "reg_sub_batch", "estimator": "estimator",
                       "h": "regularizer_h", "t_buckets": "reg_t_buckets", "relative": "reg_relative",
-                      "sync": "sync_running_mean"}
+                      "t_min": "reg_t_min", "sync": "sync_running_mean"}
 """The StepVariationRegularizer argument behind each config field (its rules are checked there, once)."""
 
 RESUME_FIXED = ("rank", "lora_alpha", "reg_t_buckets")
@@ -100,6 +100,8 @@ class TrainConfig:
     """Running means of r: 1 (the release: one a for all t) or K, one per range of T/K timesteps."""
     reg_relative: bool = False
     """With reg_t_buckets > 1: penalise ((r - a) / a)^2, so every range of t weighs the same (not the release)."""
+    reg_t_min: int = 0
+    """Penalise only the samples with t >= reg_t_min (0: every timestep, the release)."""
     noise_offset: float = 0.0
     vae_latents: str = "sample"
     """Training latents of a latent-space world: "sample" draws each from the VAE posterior (the release and diffusers' train_text_to_image) with the micro-batch's generator, "mean" takes its mean. A pixel-space world has no VAE and ignores it."""

@@ -16,6 +16,10 @@ running mean, so that every range of t weighs the same:
 
     L_reg = mean(((r_i - a_b(t_i)) / a_b(t_i))^2).
 
+``t_min`` (0: every sample, as the release) restricts the penalty to the samples
+with t >= t_min (another lever the paper does not use): the others move neither
+a nor L_reg, which is then the mean over the kept samples.
+
 Across processes (``sync``), mean(r) is the mean over every process's samples,
 its gradient flowing through this process's samples only: every process then
 holds the same a. The state (``a``, and ``seen`` with K > 1) lives in buffers,
@@ -50,15 +54,16 @@ class RunningMean(torch.nn.Module):
     """a (one value, or one per range of t) and the penalty L_reg that updates it; see the module docstring.
 
     ``decay`` (0.01, the release's), ``t_buckets`` (K = 1, the release), ``relative``
-    (needs K > 1), ``sync`` (average over processes; False keeps one a per process, as
+    (needs K > 1), ``t_min`` (0: every timestep), ``sync`` (average over processes; False keeps one a per process, as
     the release does), ``num_train_timesteps`` (T, to map t to its bucket).
     Arguments are checked by :func:`smoothlib.regularizer.check_settings`.
     """
 
     def __init__(self, decay: float = 0.01, t_buckets: int = 1, relative: bool = False, sync: bool = True,
-                 num_train_timesteps: int = 1000):
+                 num_train_timesteps: int = 1000, t_min: int = 0):
         super().__init__()
         self.decay, self.t_buckets, self.relative, self.sync = decay, int(t_buckets), bool(relative), sync
+        self.t_min = int(t_min)
         self.num_train_timesteps = int(num_train_timesteps)
         self.register_buffer("a", torch.zeros(() if self.t_buckets == 1 else (self.t_buckets,), dtype=torch.float32))
         if self.t_buckets > 1:
@@ -71,21 +76,27 @@ class RunningMean(torch.nn.Module):
     def penalty(self, r: Tensor, t: Tensor | None = None) -> Tensor:
         """L_reg for the per-sample variations ``r`` [B] (their timesteps ``t`` [B] when K > 1); updates a.
 
-        1. mean(r) per bucket, over every process when ``sync`` (:func:`global_mean`);
-        2. a_new = a + decay (mean(r) - a) in every bucket that has samples
+        1. keep w_i = [t_i >= t_min] (every sample when t_min = 0);
+        2. mean(r) per bucket over the kept samples, over every process when ``sync``
+           (:func:`global_mean`);
+        3. a_new = a + decay (mean(r) - a) in every bucket that has kept samples
            (with K > 1, a bucket's first batch sets a_new = mean(r));
-        3. L_reg = mean((r - a_new)^2), or of ((r - a_new) / a_new) with ``relative``;
-        4. store a_new detached.
+        4. L_reg = sum(w (r - a_new)^2) / sum(w), or of ((r - a_new) / a_new) with ``relative``;
+        5. store a_new detached.
         """
+        needs_t = self.t_buckets > 1 or self.t_min > 0
+        if needs_t and (t is None or t.shape != r.shape):
+            raise ValueError(f"a running mean with t_buckets={self.t_buckets}, t_min={self.t_min} needs the samples' "
+                             f"timesteps t (one per sample, shape {tuple(r.shape)}), "
+                             f"got {None if t is None else tuple(t.shape)}")
         if self.t_buckets == 1:
             b = torch.zeros(r.shape[0], dtype=torch.long, device=r.device)
-        elif t is None or t.shape != r.shape:
-            raise ValueError(f"a running mean with t_buckets={self.t_buckets} needs the samples' timesteps t "
-                             f"(one per sample, shape {tuple(r.shape)}), got {None if t is None else tuple(t.shape)}")
         else:
             b = self.bucket(t.to(r.device))
-        sums = r.new_zeros(self.t_buckets).index_add(0, b, r)
-        mean, count = global_mean(sums, torch.bincount(b, minlength=self.t_buckets).to(r.dtype), self.sync)
+        w = (t.to(r.device) >= self.t_min).to(r.dtype) if self.t_min > 0 else torch.ones_like(r)
+        sums = r.new_zeros(self.t_buckets).index_add(0, b, r * w)
+        counts = r.new_zeros(self.t_buckets).index_add(0, b, w.detach())
+        mean, count = global_mean(sums, counts, self.sync)
         a = self.a.to(r.dtype).reshape(-1)
         present = count > 0
         moved = torch.where(present, a + self.decay * (mean - a), a)
@@ -96,7 +107,8 @@ class RunningMean(torch.nn.Module):
         self.a.copy_(a_new.detach().reshape(self.a.shape))
         if self.t_buckets > 1:
             self.seen |= present
-        return deviation.pow(2).mean()
+        return (w * deviation.pow(2)).sum() / w.sum().clamp_min(1)
 
     def extra_repr(self) -> str:
-        return f"decay={self.decay}, t_buckets={self.t_buckets}, relative={self.relative}, sync={self.sync}"
+        return (f"decay={self.decay}, t_buckets={self.t_buckets}, relative={self.relative}, t_min={self.t_min}, "
+                f"sync={self.sync}")

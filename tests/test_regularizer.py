@@ -267,6 +267,27 @@ def test_relative_penalty_per_t_range_matches_a_hand_computation():
         StepVariationRegularizer(relative=True)
 
 
+def test_t_min_penalises_only_the_kept_timesteps():
+    # samples below t_min move neither a nor L_reg: the penalty equals the one on the kept samples alone
+    r = torch.tensor([5.0, 1.0, 3.0, 10.0, 30.0], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([3, 10, 200, 700, 900])
+    kept = StepVariationRegularizer(t_buckets=2, num_train_timesteps=1000, relative=True, t_min=10)
+    alone = StepVariationRegularizer(t_buckets=2, num_train_timesteps=1000, relative=True)
+    penalty, reference = kept.penalty(r, t), alone.penalty(r[1:], t[1:])
+    assert penalty.item() == pytest.approx(reference.item()) == pytest.approx(0.25)
+    assert torch.equal(kept.a, alone.a)
+    (grad,) = torch.autograd.grad(penalty, r)
+    assert grad[0].item() == 0.0 and grad[1].item() != 0.0
+    # with one running mean, a batch with no kept sample leaves a and gives L_reg = 0
+    one = StepVariationRegularizer(t_min=500)
+    assert one.penalty(torch.tensor([1.0, 2.0]), torch.tensor([0, 499])).item() == 0.0
+    assert one.a.item() == 0.0
+    with pytest.raises(ValueError, match="timesteps t"):
+        one.penalty(torch.ones(2))
+    with pytest.raises(ValueError, match="t_min"):
+        StepVariationRegularizer(t_min=1000, num_train_timesteps=1000)
+
+
 def test_running_mean_per_t_range_needs_t():
     reg = StepVariationRegularizer(t_buckets=2)
     with pytest.raises(ValueError, match="timesteps t"):
