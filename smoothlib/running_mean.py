@@ -101,9 +101,10 @@ class RunningMean(torch.nn.Module):
         present = count > 0
         moved = torch.where(present, a + self.decay * (mean - a), a)
         a_new = moved if self.t_buckets == 1 else torch.where(present & ~self.seen, mean, moved)
-        deviation = r - a_new[b]
+        kept = w > 0
+        deviation = torch.where(kept, r - a_new[b], 0.0)   # a bucket with no kept sample may still hold a = 0
         if self.relative:
-            deviation = deviation / a_new[b].detach().clamp_min(torch.finfo(r.dtype).tiny)
+            deviation = deviation / torch.where(kept, a_new[b].detach(), 1.0).clamp_min(torch.finfo(r.dtype).tiny)
         self.a.copy_(a_new.detach().reshape(self.a.shape))
         if self.t_buckets > 1:
             self.seen |= present

@@ -278,6 +278,13 @@ def test_t_min_penalises_only_the_kept_timesteps():
     assert torch.equal(kept.a, alone.a)
     (grad,) = torch.autograd.grad(penalty, r)
     assert grad[0].item() == 0.0 and grad[1].item() != 0.0
+    # a bucket that has only excluded samples (its a still 0) gives no 0 / 0, in float32 too
+    fresh = StepVariationRegularizer(t_buckets=10, num_train_timesteps=1000, relative=True, t_min=300)
+    r32 = torch.tensor([0.7, 0.2, 0.4], requires_grad=True)
+    penalty = fresh.penalty(r32, torch.tensor([50, 400, 450]))
+    assert torch.isfinite(penalty) and penalty.item() == pytest.approx(((0.2 - 0.3) / 0.3) ** 2)
+    (grad,) = torch.autograd.grad(penalty, r32)
+    assert torch.isfinite(grad).all() and grad[0].item() == 0.0
     # with one running mean, a batch with no kept sample leaves a and gives L_reg = 0
     one = StepVariationRegularizer(t_min=500)
     assert one.penalty(torch.tensor([1.0, 2.0]), torch.tensor([0, 499])).item() == 0.0
