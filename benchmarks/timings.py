@@ -4,12 +4,14 @@
     python benchmarks/timings.py suite               # the test command's pytest runs, summed per file
     python benchmarks/timings.py both --json out.json
 
-1. course: every notebook is executed and rendered (scripts/render_course.py's ``render``) in the
-   toy world, full mode unless ``--smoke``; one time per notebook;
+1. course: every notebook is executed and rendered (scripts/render_course.py's ``render_all``,
+   ``--jobs`` side by side as scripts/course.sh runs them) in the toy world, full mode unless
+   ``--smoke``; one time per notebook;
 2. suite: the two pytest runs of scripts/test.sh (the library's tests, the toy world's notebooks
    rendered among them by tests/test_render.py, then the notebooks under nbval in the Stable
-   Diffusion stand-in, float16) with ``--junitxml``; each test's time is summed per file (a
-   notebook under nbval is one file, its cells its tests);
+   Diffusion stand-in, float16), on pytest-xdist's workers as there, with ``--junitxml``; each
+   test's time is summed per file (a notebook under nbval is one file, its cells its tests), so
+   with several workers the parts add up to more than the wall time;
 3. printed: each part's seconds, the slowest ten, the total and the wall time. Run it on an idle
    machine, or compare two runs made under the same load: on a busy 2-core machine everything
    takes 2 to 3 times as long, and only ratios within one run are meaningful.
@@ -30,23 +32,23 @@ ROOT = Path(__file__).resolve().parents[1]
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE"}
 
 
-def course_times(smoke: bool) -> dict[str, float]:
-    """Seconds per notebook, rendered into build/timings/course/."""
+def course_times(smoke: bool, jobs: int) -> dict[str, float]:
+    """Seconds per notebook, rendered into build/timings/course/ as scripts/course.sh does (``jobs`` side by side)."""
     sys.path.insert(0, str(ROOT / "scripts"))
-    from render_course import notebooks, render
+    from render_course import notebooks, render_all
 
     os.environ.pop("MPLBACKEND", None)
     os.environ.update(OFFLINE, SMOOTHLIB_WORLD="toy", SMOOTHLIB_SMOKE="1" if smoke else "0")
     out = ROOT / "build" / "timings" / "course"
-    times = {}
-    for path in notebooks():
-        times[path.name] = render(path, out).seconds
-        print(f"  {path.name}: {times[path.name]:.0f} s", flush=True)
-    return times
+    return {path.name: seconds for path, seconds in render_all(notebooks(), out, jobs, report=True).items()}
+
+
+WORKERS = ["-n", "auto", "--maxprocesses", "8"]
+"""pytest-xdist's workers, as scripts/test.sh starts them."""
 
 
 def _pytest(args: list[str], env: dict, junit: Path) -> None:
-    cmd = [sys.executable, "-m", "pytest", *args, "-q", "-p", "no:cacheprovider", "-o", "junit_family=xunit1",
+    cmd = [sys.executable, "-m", "pytest", *args, *WORKERS, "-q", "-p", "no:cacheprovider", "-o", "junit_family=xunit1",
            f"--junitxml={junit}"]
     subprocess.run(cmd, cwd=ROOT, env=env, check=False)
 
@@ -64,14 +66,15 @@ def suite_times() -> dict[str, float]:
     out = ROOT / "build" / "timings"
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, **OFFLINE, SMOOTHLIB_SMOKE="1", MPLBACKEND="Agg")
-    _pytest(["tests"], env, out / "toy.xml")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    _pytest(["tests", "--dist", "worksteal"], env, out / "toy.xml")
     times = _per_file(out / "toy.xml")
     subprocess.run([sys.executable, "scripts/make_sd_world.py", "build/sd_world"], cwd=ROOT, env=env, check=True,
                    stdout=subprocess.DEVNULL)
     sd = ROOT / "build" / "sd_world"
     env.update(SMOOTHLIB_WORLD=str(sd / "stable-diffusion-v1-5"), SMOOTHLIB_DTYPE="fp16",
                SMOOTHLIB_SMOOTH_LORA=str(sd / "smooth-diffusion-lora"))
-    _pytest(["--nbval-lax", "--nbval-current-env", "notebooks"], env, out / "sd.xml")
+    _pytest(["--nbval-lax", "--nbval-current-env", "notebooks", "--dist", "loadscope"], env, out / "sd.xml")
     times.update(_per_file(out / "sd.xml", prefix="SD stand-in: "))
     return times
 
@@ -88,10 +91,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=("course", "suite", "both"))
     parser.add_argument("--smoke", action="store_true", help="the course in smoke mode (CI-sized step counts)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="notebooks side by side, as scripts/course.sh runs them (default: one per core)")
     parser.add_argument("--json", type=Path, help="also write the times to this file")
     args = parser.parse_args(argv)
     results = {}
-    for part, measure in (("course", lambda: course_times(args.smoke)), ("suite", suite_times)):
+    for part, measure in (("course", lambda: course_times(args.smoke, args.jobs)), ("suite", suite_times)):
         if args.what in (part, "both"):
             start = time.perf_counter()
             times = measure()
