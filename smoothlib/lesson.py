@@ -45,6 +45,8 @@ class LessonSettings:
     edit_target: str
     """Editing: the caption of ``images[edit_image]`` and what to turn it into."""
     edit_image: int = 0
+    istd_steps: int = 0
+    """DDIM steps of notebook 03's ISTD walks (0: ``num_steps``); the toy world's 25 are the README's Table 1's."""
     walks: int = 8
     """Walks per model in notebook 01's jump detector."""
     sweep_pairs: int = 6
@@ -68,6 +70,9 @@ class LessonSettings:
     push_sigmas: int = 26
     """Precomputed noise pushes behind notebook 07's sigma slider."""
 
+    def __post_init__(self):
+        self.istd_steps = self.istd_steps or self.num_steps
+
 
 def lesson_settings(world, smoke: bool = False, paper: bool = False) -> LessonSettings:
     """The examples and sizes for ``world`` (a :class:`smoothlib.world.World`); see the module docstring."""
@@ -79,7 +84,7 @@ def lesson_settings(world, smoke: bool = False, paper: bool = False) -> LessonSe
         images, labels = load_heldout_digits()
         sevens, threes = (labels == 7).nonzero().flatten(), (labels == 3).nonzero().flatten()
         pick = torch.stack([threes[0], sevens[1]])
-        sizes = dict(num_steps=50, istd_pairs=10)
+        sizes = dict(num_steps=50, istd_pairs=10, istd_steps=25)
         if smoke:
             sizes = dict(num_steps=10, istd_pairs=4, walks=2, sweep_pairs=2, walk_frames=9, inversion_images=2,
                          edit_ratios=(0.5, 0.8), r_repeats=1, train_steps=5, explorer_frames=9, explorer_steps=10,
