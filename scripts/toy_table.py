@@ -57,30 +57,6 @@ def measure(folder: Path | None, cache: Path, pairs: int, steps: int, guidance: 
     return record
 
 
-LEVERS = {"rank": 8, "learning_rate": 5e-4, "steps": 2000, "reg_sub_batch": None, "reg_t_min": 0}
-"""Recipe settings beyond the regularizer's form, with the value every earlier run used."""
-
-
-def group_key(run: dict) -> tuple:
-    return (run.get("lambda_reg", 0.0), run.get("estimator", "exact"), run.get("reg_every", 1), run.get("t_buckets", 1),
-            run.get("relative", False), tuple((k, run.get(k, v)) for k, v in LEVERS.items()))
-
-
-def label(key: tuple) -> str:
-    lam, est, every, buckets, relative, levers = key
-    levers = dict(levers)
-    extra = "".join([f", rank {levers['rank']}" if levers["rank"] != 8 else "",
-                     f", lr {levers['learning_rate']:g}" if levers["learning_rate"] != 5e-4 else "",
-                     f", {levers['steps']} steps" if levers["steps"] != 2000 else "",
-                     f", sub-batch {levers['reg_sub_batch']}" if levers["reg_sub_batch"] else "",
-                     f", t >= {levers['reg_t_min']}" if levers["reg_t_min"] else ""])
-    if lam == 0:
-        return "+ LoRA, lambda = 0 (control)" + extra
-    name = "exact" if est == "exact" else "first-order"
-    return (f"+ Smooth LoRA, lambda = {lam:g}, {name}" + (f", lazy k = {every}" if every > 1 else "")
-            + (f", a per t range ({buckets})" if buckets > 1 else "") + (", relative" if relative else "") + extra)
-
-
 def mean_walks(records: list[dict]) -> list[float]:
     return torch.tensor([r["per_walk"] for r in records], dtype=torch.float64).mean(0).tolist()
 
@@ -96,11 +72,12 @@ def walk_scale(records: list[dict]) -> str:
 def table(base: dict, runs: dict[str, tuple[dict, dict]]) -> str:
     from smoothlib.toy.evaluation import paired_change
 
+    from smoothlib.toy.front import CONTROL_KEY, recipe_key, recipe_label
+
     groups = defaultdict(list)
     for name, (run, scores) in sorted(runs.items()):
-        groups[group_key(run)].append((name, run, scores))
-    control_key = (0.0, "exact", 1, 1, False, tuple(LEVERS.items()))
-    control = mean_walks([s for _, _, s in groups[control_key]]) if control_key in groups else None
+        groups[recipe_key(run)].append((name, run, scores))
+    control = mean_walks([s for _, _, s in groups[CONTROL_KEY]]) if CONTROL_KEY in groups else None
     lines = ["| model | seeds | ISTD (per seed) | vs base | vs control | step / ends | adherence | Frechet | train wall |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
              f"| base | | {base['istd']:.4f} (s.e. {base['istd_stderr']:.4f}) | | | {walk_scale([base])} | "
@@ -118,7 +95,7 @@ def table(base: dict, runs: dict[str, tuple[dict, dict]]) -> str:
         adh = sum(s["adherence"] for _, _, s in members) / len(members)
         fre = sum(s["frechet"] for _, _, s in members) / len(members)
         wall = sum(run.get("wall_s", 0) for _, run, _ in members) / len(members) / 60
-        lines.append(f"| {label(key)} | {seeds} | {sum(walks) / len(walks):.4f} ({per_seed}) | "
+        lines.append(f"| {recipe_label(key)} | {seeds} | {sum(walks) / len(walks):.4f} ({per_seed}) | "
                      f"{100 * vb:+.1f} % ({100 * vb_se:.1f}) | {vc} | {walk_scale([s for _, _, s in members])} | "
                      f"{adh:.3f} | {fre:.1f} | {wall:.0f} min |")
     return "\n".join(lines)
@@ -151,7 +128,11 @@ def main(argv=None) -> int:
         return measure(folder, cache, a.pairs, a.steps, a.guidance, a.progress) if wanted else None
 
     root = Path(a.runs[0])
-    base = cached(None, root / "base" / cache_name, "base")
+    base_cache = root / "base" / cache_name
+    shipped_base = Path(__file__).resolve().parents[1] / "data" / "toy_lora" / "base" / cache_name
+    if not base_cache.exists() and shipped_base.exists() and not a.remeasure:
+        base_cache = shipped_base   # the base's scores, shipped beside the LoRAs'
+    base = cached(None, base_cache, "base")
     runs = {}
     for folder in (Path(r) for r in a.runs):
         for run_dir in sorted(d for d in folder.iterdir() if (d / "pytorch_lora_weights.safetensors").exists()):

@@ -107,6 +107,28 @@ def plot_distances(distances: dict[str, torch.Tensor], ax=None, title: str = "ad
     return ax
 
 
+def plot_front(points, ax=None, short=None, title: str = "ISTD against Frechet distance"):
+    """Each point's ISTD (s.e. over walks) against its Frechet distance (the seeds' spread), labelled.
+
+    ``points``: objects with ``label``, ``istd``, ``istd_stderr``, ``frechet``, ``frechet_spread``
+    (:func:`smoothlib.toy.front.front_points`); ``short(label)`` shortens a label for the plot.
+    Lower left is better: smoother walks at a Frechet distance nearer the data's. Returns the axes.
+    """
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(7, 4.5))[1]
+    for i, p in enumerate(points):
+        ax.errorbar(p.frechet, p.istd, xerr=p.frechet_spread or None, yerr=p.istd_stderr, fmt="o", capsize=3,
+                    color=f"C{i % 10}")
+        ax.annotate(short(p.label) if short else p.label, (p.frechet, p.istd), textcoords="offset points",
+                    xytext=(4, 3), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("Frechet distance to held-out digits (log scale; lower: closer to the data)")
+    ax.set_ylabel("ISTD (lower: smoother walks)")
+    ax.set_title(title)
+    return ax
+
+
 def scrubber_html(rows: dict[str, torch.Tensor], captions: list[str] | None = None, size: int = 160,
                   interval_ms: int = 150) -> str:
     """A walk scrubber that needs no kernel: one slider (and Play) moving every row to the same frame.

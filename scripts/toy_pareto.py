@@ -1,0 +1,69 @@
+"""The toy world's ISTD-against-quality front: every shipped LoRA recipe as a labelled point.
+
+    python scripts/toy_pareto.py                  # docs/img/toy_pareto.png and a table of the points
+    python scripts/toy_pareto.py --runs runs/toy_lora --out build/pareto.png   # unshipped runs too
+
+Reads the miniature Table 1's scores that ``scripts/toy_table.py`` wrote beside each LoRA
+(:func:`smoothlib.toy.front.front_points`: seeds of one recipe make one point; ISTD with its
+standard error over the 100 walks, the Frechet distance with the seeds' spread) and draws them
+(:func:`smoothlib.viz.plot_front`). The table adds the changes against the lambda = 0 controls,
+paired walk by walk, ISTD / mean step and adherence.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def short(label: str) -> str:
+    """A plot label: "lam 1, fo, tb10 rel" from the table's long form."""
+    if not label.startswith("+ Smooth"):
+        return "control" if "control" in label else label
+    s = label.replace("+ Smooth LoRA, lambda = ", "lam ").replace("first-order", "fo").replace("exact", "ex")
+    s = s.replace("a per t range (10)", "tb10").replace(", relative", " rel").replace("lazy k = ", "lazy")
+    return re.sub(r",\s*", ", ", s)
+
+
+def main(argv=None) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from smoothlib.toy.evaluation import paired_change
+    from smoothlib.toy.front import CONTROL_KEY, front_points
+    from smoothlib.viz import plot_front
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", nargs="+", default=[str(ROOT / "data" / "toy_lora")], help="folders of LoRA run folders")
+    p.add_argument("--out", default=str(ROOT / "docs" / "img" / "toy_pareto.png"))
+    a = p.parse_args(argv)
+    points = [pt for folder in a.runs for pt in front_points(Path(folder))]
+    control = next(pt for pt in points if pt.key == CONTROL_KEY)
+    print("| recipe | seeds | ISTD (s.e.) | vs control | ISTD / mean step | adherence | Frechet (seed spread) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for pt in points:
+        vc = ""
+        if pt is not control:
+            c, se = paired_change(pt.per_walk, control.per_walk)
+            vc = f"{100 * c:+.1f} % ({100 * se:.1f})"
+        ratio = f"{pt.istd / pt.mean_step:.2f}" if pt.mean_step else "-"
+        print(f"| {pt.label} | {len(pt.names)} | {pt.istd:.4f} ({pt.istd_stderr:.4f}) | {vc} | {ratio} | "
+              f"{pt.adherence:.3f} | {pt.frechet:.1f} ({pt.frechet_spread:.1f}) |")
+    fig, ax = plt.subplots(figsize=(8, 5))
+    plot_front(points, ax, short=short, title="Toy world: ISTD against Frechet distance (100 walks, 25 DDIM steps)")
+    ax.axvline(1.1 * control.frechet, color="grey", ls=":", lw=1)
+    ax.axhline(0.6 * control.istd, color="grey", ls=":", lw=1)
+    ax.text(1.1 * control.frechet, ax.get_ylim()[1], " Frechet +10 %", fontsize=7, va="top")
+    ax.text(ax.get_xlim()[0], 0.6 * control.istd, " ISTD -40 % vs control", fontsize=7, va="bottom")
+    fig.tight_layout()
+    fig.savefig(a.out, dpi=120)
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

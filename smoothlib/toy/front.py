@@ -1,0 +1,102 @@
+"""The shipped toy LoRAs as points of the ISTD-against-quality front, one point per recipe.
+
+Each folder of ``data/toy_lora/`` holds a LoRA, the ``run.json`` that
+``scripts/make_toy_lora.py`` wrote (its recipe) and the miniature Table 1's
+scores (``scores_100walks_25steps.json``, :mod:`smoothlib.toy.evaluation`);
+``data/toy_lora/base/`` holds the base model's scores alone. A recipe is
+everything but the seed, so the seeds of one recipe make one point:
+
+1. group the folders by :func:`recipe_key` (lambda, estimator, lazy interval, ranges
+   of t, penalty form, and the levers in :data:`RECIPE_DEFAULTS`);
+2. per recipe: ISTD = the mean over walks of the seeds' mean per-walk ISTD, with its
+   standard error over the 100 walks; the Frechet distance and adherence averaged
+   over seeds, with the seeds' spread (half their range; 0 for one seed);
+3. the walks' mean adjacent distance ("mean step") beside it: ISTD / mean step does
+   not fall when walks merely shrink.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from .assets import toy_lora_dir
+
+SCORES = "scores_100walks_25steps.json"
+"""The miniature Table 1's scores file in each folder (100 walks, 25 DDIM steps)."""
+
+RECIPE_DEFAULTS = {"rank": 8, "learning_rate": 5e-4, "steps": 2000, "reg_sub_batch": None, "reg_t_min": 0}
+"""Recipe settings beyond the regularizer's form, with the value of the runs that did not record them."""
+
+
+def recipe_key(run: dict) -> tuple:
+    """What makes two runs the same recipe (all but the seed), from a ``run.json``."""
+    return (run.get("lambda_reg", 0.0), run.get("estimator", "exact"), run.get("reg_every", 1),
+            run.get("t_buckets", 1), run.get("relative", False),
+            tuple((k, run.get(k, v)) for k, v in RECIPE_DEFAULTS.items()))
+
+
+def recipe_label(key: tuple) -> str:
+    """A table row's name for a recipe, e.g. "+ Smooth LoRA, lambda = 1, exact, a per t range (10), relative"."""
+    lam, est, every, buckets, relative, levers = key
+    levers = dict(levers)
+    extra = "".join([f", rank {levers['rank']}" if levers["rank"] != 8 else "",
+                     f", lr {levers['learning_rate']:g}" if levers["learning_rate"] != 5e-4 else "",
+                     f", {levers['steps']} steps" if levers["steps"] != 2000 else "",
+                     f", sub-batch {levers['reg_sub_batch']}" if levers["reg_sub_batch"] else "",
+                     f", t >= {levers['reg_t_min']}" if levers["reg_t_min"] else ""])
+    if lam == 0:
+        return "+ LoRA, lambda = 0 (control)" + extra
+    name = "exact" if est == "exact" else "first-order"
+    return (f"+ Smooth LoRA, lambda = {lam:g}, {name}" + (f", lazy k = {every}" if every > 1 else "")
+            + (f", a per t range ({buckets})" if buckets > 1 else "") + (", relative" if relative else "") + extra)
+
+
+CONTROL_KEY = recipe_key({})
+"""The lambda = 0 control's recipe."""
+
+
+@dataclass
+class FrontPoint:
+    """One recipe on the front."""
+    label: str
+    names: list[str]
+    """Its folders (one per seed)."""
+    istd: float
+    istd_stderr: float
+    frechet: float
+    frechet_spread: float
+    """Half the range of the seeds' Frechet distances (0 for one seed)."""
+    adherence: float
+    mean_step: float | None
+    per_walk: list[float]
+    key: tuple | None = None
+    """:func:`recipe_key` (None for the base)."""
+
+
+def _point(label: str, names: list[str], scores: list[dict], key: tuple | None) -> FrontPoint:
+    walks = [sum(s["per_walk"][i] for s in scores) / len(scores) for i in range(len(scores[0]["per_walk"]))]
+    mean = sum(walks) / len(walks)
+    se = math.sqrt(sum((w - mean) ** 2 for w in walks) / (len(walks) - 1) / len(walks))
+    frechets = [s["frechet"] for s in scores]
+    steps = [s.get("mean_step") for s in scores]
+    return FrontPoint(label, names, mean, se, sum(frechets) / len(frechets), (max(frechets) - min(frechets)) / 2,
+                      sum(s["adherence"] for s in scores) / len(scores),
+                      None if None in steps else sum(steps) / len(steps), walks, key)
+
+
+def front_points(folder: Path | None = None) -> list[FrontPoint]:
+    """The base and every recipe with scores under ``folder`` (default ``data/toy_lora/``), base first."""
+    folder = Path(folder) if folder is not None else toy_lora_dir()
+    groups = defaultdict(list)
+    for run_dir in sorted(d for d in folder.iterdir() if (d / SCORES).is_file() and (d / "run.json").is_file()):
+        run = json.loads((run_dir / "run.json").read_text())
+        groups[recipe_key(run)].append((run_dir.name, json.loads((run_dir / SCORES).read_text())))
+    points = []
+    if (folder / "base" / SCORES).is_file():
+        points.append(_point("base", ["base"], [json.loads((folder / "base" / SCORES).read_text())], None))
+    for key, members in sorted(groups.items(), key=lambda kv: (kv[0][0] != 0, str(kv[0]))):
+        points.append(_point(recipe_label(key), [n for n, _ in members], [s for _, s in members], key))
+    return points
