@@ -12,19 +12,9 @@ paired walk by walk, ISTD / mean step and adherence.
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def short(label: str) -> str:
-    """A plot label: "lam 1, fo, tb10 rel" from the table's long form."""
-    if not label.startswith("+ Smooth"):
-        return "control" if "control" in label else label
-    s = label.replace("+ Smooth LoRA, lambda = ", "lam ").replace("first-order", "fo").replace("exact", "ex")
-    s = s.replace("a per t range (10)", "tb10").replace(", relative", " rel").replace("lazy k = ", "lazy")
-    return re.sub(r",\s*", ", ", s)
 
 
 def main(argv=None) -> int:
@@ -34,7 +24,7 @@ def main(argv=None) -> int:
     import matplotlib.pyplot as plt
 
     from smoothlib.toy.evaluation import paired_change
-    from smoothlib.toy.front import CONTROL_KEY, front_points
+    from smoothlib.toy.front import CONTROL_KEY, front_points, short_label
     from smoothlib.viz import plot_front
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -54,7 +44,7 @@ def main(argv=None) -> int:
         print(f"| {pt.label} | {len(pt.names)} | {pt.istd:.4f} ({pt.istd_stderr:.4f}) | {vc} | {ratio} | "
               f"{pt.adherence:.3f} | {pt.frechet:.1f} ({pt.frechet_spread:.1f}) |")
     fig, ax = plt.subplots(figsize=(8, 5))
-    plot_front(points, ax, short=short, title="Toy world: ISTD against Frechet distance (100 walks, 25 DDIM steps)")
+    plot_front(points, ax, short=short_label, title="Toy world: ISTD against Frechet distance (100 walks, 25 DDIM steps)")
     ax.axvline(1.1 * control.frechet, color="grey", ls=":", lw=1)
     ax.axhline(0.6 * control.istd, color="grey", ls=":", lw=1)
     ax.text(1.1 * control.frechet, ax.get_ylim()[1], " Frechet +10 %", fontsize=7, va="top")

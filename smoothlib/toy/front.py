@@ -54,6 +54,16 @@ def recipe_label(key: tuple) -> str:
             + (f", a per t range ({buckets})" if buckets > 1 else "") + (", relative" if relative else "") + extra)
 
 
+def short_label(label: str) -> str:
+    """A plot label from :func:`recipe_label`'s: "lam 1, fo, tb10 rel" (fo: first order, ex: exact)."""
+    if not label.startswith("+ Smooth"):
+        return "control" if "control" in label else label
+    for long, short in (("+ Smooth LoRA, lambda = ", "lam "), ("first-order", "fo"), ("exact", "ex"),
+                        ("a per t range (10)", "tb10"), (", relative", " rel"), ("lazy k = ", "lazy")):
+        label = label.replace(long, short)
+    return label
+
+
 CONTROL_KEY = recipe_key({})
 """The lambda = 0 control's recipe."""
 
