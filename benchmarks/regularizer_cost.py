@@ -4,6 +4,7 @@
     python benchmarks/regularizer_cost.py --quick    # fewer repeats
     OMP_NUM_THREADS=1 python benchmarks/regularizer_cost.py --repeats 5 --no-r   # the docs' table
     OMP_NUM_THREADS=1 python benchmarks/regularizer_cost.py --repeats 5 --no-r --models data/toy   # the shipped toy UNet only
+    OMP_NUM_THREADS=1 python benchmarks/regularizer_cost.py --repeats 9 --no-r --models data/toy --settings "first order" "exact, every"
 
 Cost: one training step (``smoothlib.training_step`` + ``loss.backward()`` +
 AdamW step on rank-8 LoRA weights) for each setting, as a ratio to the plain
@@ -19,8 +20,12 @@ load hits them alike:
   is the mean over a window of four steps (peak memory: the window's peak);
 * exact, sub-batch half: the regularizer on the first half of each batch;
 * first order: ``estimator="finite_difference"`` (a second forward, ordinary
-  backward, default attention kernel) every step, lazy k = 4, with
-  gradient checkpointing, and both.
+  backward, default attention kernel) every step, on a sub-batch (a quarter, half,
+  three quarters of each batch: StyleGAN2's path-length batch shrink, every step
+  regularized), lazy k = 4, with gradient checkpointing, and both.
+
+``--settings WORD ...`` times only the settings whose name contains a word (the plain
+step always runs: it is every ratio's base).
 
 Time is the median over repeats after one warm-up. Memory is the peak of tensor
 storage allocated during one step (one window of four for lazy) and alive at
@@ -106,6 +111,8 @@ SETTINGS = {
                                        False, False),
     "first order, sub-batch half": (1.0, lambda B: StepVariationRegularizer(estimator=FD, sub_batch=B // 2), 1,
                                     False, False),
+    "first order, sub-batch three quarters": (1.0, lambda B: StepVariationRegularizer(estimator=FD, sub_batch=3 * B // 4),
+                                              1, False, False),
     "first order, lazy k = 4": (1.0, lambda B: StepVariationRegularizer(estimator=FD, every=4), 4, False, False),
     "first order, checkpointing": (1.0, lambda B: StepVariationRegularizer(estimator=FD), 1, False, True),
     "first order, lazy k = 4, checkpointing": (1.0, lambda B: StepVariationRegularizer(estimator=FD, every=4), 4,
