@@ -121,8 +121,10 @@ def plot_front(points, ax=None, short=None, title: str = "ISTD against Frechet d
         ax.errorbar(p.frechet, p.istd, xerr=p.frechet_spread or None, yerr=p.istd_stderr, fmt="o", capsize=3,
                     color=f"C{i % 10}")
         ax.annotate(short(p.label) if short else p.label, (p.frechet, p.istd), textcoords="offset points",
-                    xytext=(4, 3), fontsize=7)
+                    xytext=(5, 4) if i % 2 == 0 else (5, -10), fontsize=7, color=f"C{i % 10}")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}" if str(int(v))[0] in "2345" else ""))
     ax.set_xlabel("Frechet distance to held-out digits (log scale; lower: closer to the data)")
     ax.set_ylabel("ISTD (lower: smoother walks)")
     ax.set_title(title)
