@@ -82,7 +82,9 @@ def ship(names: list[str], runs: Path, data: Path) -> None:
             else "with the plain denoising loss only: the control for the Smooth LoRAs",
             lazy=(f", lazy every {run['reg_every']} steps" if run["reg_every"] > 1 else "")
             + (f", one running mean per {1000 // run['t_buckets']} timesteps" if run.get("t_buckets", 1) > 1 else "")
-            + (", relative penalty ((r - a) / a)^2" if run.get("relative") else ""),
+            + (", relative penalty ((r - a) / a)^2" if run.get("relative") else "")
+            + (f", on the first {run['reg_sub_batch']} samples of each batch" if run.get("reg_sub_batch") else "")
+            + (f", penalty on t >= {run['reg_t_min']} only" if run.get("reg_t_min") else ""),
             wall_min=run["wall_s"] / 60, path=f"data/toy_lora/{name}", **{k: v for k, v in run.items() if k != "name"}))
         print(f"shipped {dst}")
     write_checksums(data)
