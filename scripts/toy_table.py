@@ -57,10 +57,6 @@ def measure(folder: Path | None, cache: Path, pairs: int, steps: int, guidance: 
     return record
 
 
-def mean_walks(records: list[dict]) -> list[float]:
-    return torch.tensor([r["per_walk"] for r in records], dtype=torch.float64).mean(0).tolist()
-
-
 def walk_scale(records: list[dict]) -> str:
     """Mean adjacent distance / mean end-to-end distance, or a dash for scores cached before they were recorded."""
     if any(r.get("mean_step") is None for r in records):
@@ -71,20 +67,19 @@ def walk_scale(records: list[dict]) -> str:
 
 def table(base: dict, runs: dict[str, tuple[dict, dict]]) -> str:
     from smoothlib.toy.evaluation import paired_change
-
-    from smoothlib.toy.front import CONTROL_KEY, recipe_key, recipe_label
+    from smoothlib.toy.front import CONTROL_KEY, mean_per_walk, recipe_key, recipe_label
 
     groups = defaultdict(list)
     for name, (run, scores) in sorted(runs.items()):
         groups[recipe_key(run)].append((name, run, scores))
-    control = mean_walks([s for _, _, s in groups[CONTROL_KEY]]) if CONTROL_KEY in groups else None
+    control = mean_per_walk([s for _, _, s in groups[CONTROL_KEY]]) if CONTROL_KEY in groups else None
     lines = ["| model | seeds | ISTD (per seed) | vs base | vs control | step / ends | adherence | Frechet | train wall |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
              f"| base | | {base['istd']:.4f} (s.e. {base['istd_stderr']:.4f}) | | | {walk_scale([base])} | "
              f"{base['adherence']:.3f} | {base['frechet']:.1f} | |"]
     for key in sorted(groups, key=lambda k: (k[0] != 0, k[1] != "exact", k[2], k[3], k[4], str(k[5]), k[0])):
         members = groups[key]
-        walks = mean_walks([s for _, _, s in members])
+        walks = mean_per_walk([s for _, _, s in members])
         seeds = ", ".join(str(run.get("seed")) for _, run, _ in members)
         per_seed = " / ".join(f"{s['istd']:.4f}" for _, _, s in members) if len(members) > 1 else "one seed"
         vb, vb_se = paired_change(walks, base["per_walk"])
@@ -103,6 +98,7 @@ def table(base: dict, runs: dict[str, tuple[dict, dict]]) -> str:
 
 def main(argv=None) -> int:
     from smoothlib.toy import TOY_GUIDANCE
+    from smoothlib.toy.assets import toy_lora_dir
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", nargs="+", default=["runs/toy_lora"], help="folders holding LoRA run folders")
@@ -129,7 +125,7 @@ def main(argv=None) -> int:
 
     root = Path(a.runs[0])
     base_cache = root / "base" / cache_name
-    shipped_base = Path(__file__).resolve().parents[1] / "data" / "toy_lora" / "base" / cache_name
+    shipped_base = toy_lora_dir() / "base" / cache_name
     if not base_cache.exists() and shipped_base.exists() and not a.remeasure:
         base_cache = shipped_base   # the base's scores, shipped beside the LoRAs'
     base = cached(None, base_cache, "base")

@@ -108,7 +108,7 @@ class RunningMean(torch.nn.Module):
         self.a.copy_(a_new.detach().reshape(self.a.shape))
         if self.t_buckets > 1:
             self.seen |= present
-        return (w * deviation.pow(2)).sum() / w.sum().clamp_min(1)
+        return deviation.pow(2).sum() / w.sum().clamp_min(1)   # deviation is 0 where w is
 
     def extra_repr(self) -> str:
         return (f"decay={self.decay}, t_buckets={self.t_buckets}, relative={self.relative}, t_min={self.t_min}, "

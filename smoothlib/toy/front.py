@@ -86,8 +86,15 @@ class FrontPoint:
     """:func:`recipe_key` (None for the base)."""
 
 
+def mean_per_walk(scores: list[dict]) -> list[float]:
+    """Walk by walk, the mean over seeds of the per-walk ISTD in ``scores`` (one scores record per seed)."""
+    import torch
+
+    return torch.tensor([s["per_walk"] for s in scores], dtype=torch.float64).mean(0).tolist()
+
+
 def _point(label: str, names: list[str], scores: list[dict], key: tuple | None) -> FrontPoint:
-    walks = [sum(s["per_walk"][i] for s in scores) / len(scores) for i in range(len(scores[0]["per_walk"]))]
+    walks = mean_per_walk(scores)
     mean = sum(walks) / len(walks)
     se = math.sqrt(sum((w - mean) ** 2 for w in walks) / (len(walks) - 1) / len(walks))
     frechets = [s["frechet"] for s in scores]
