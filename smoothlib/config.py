@@ -50,6 +50,7 @@ _RANGES = {  # field: the check_number bounds of its values
                                                     "checkpointing_steps", "validation_steps", "validation_num_steps")},
     "seed": dict(low=0, below=2**32, integer=True), "checkpoints_total_limit": dict(low=1, integer=True, optional=True),
     "validation_guidance": dict(low=0), "dataloader_num_workers": dict(low=0, integer=True),
+    "ema_decay": dict(low=0, below=1),
 }
 
 
@@ -118,6 +119,10 @@ class TrainConfig:
     weight_decay: float = 1e-2
     """AdamW weight decay. The paper says 1e-4; the released weights were trained with the script's 1e-2, which we keep."""
     max_grad_norm: float = 1.0
+    ema_decay: float = 0.0
+    """An exponential moving average of the LoRA weights (diffusers' EMAModel), updated after every optimizer step:
+    0 is off (the release). Otherwise the largest decay; after n updates the decay is min(ema_decay, (1 + n) / (10 + n)),
+    so an early EMA forgets its start. final/ then holds the average and final-raw/ the last weights; checkpoints hold both."""
     train_batch_size: int = 3
     """Per process."""
     gradient_accumulation_steps: int = 8

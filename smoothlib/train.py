@@ -15,17 +15,20 @@ Recipe of :func:`train`:
    that came up as one process; seed;
 2. the world, frozen (a pixel-space world's image size must equal ``--resolution``);
    a fresh LoRA on its UNet, trainable, in fp32;
-3. data, AdamW, learning-rate schedule, the regularizer (its running mean a is state);
-4. resume from a checkpoint: LoRA, optimizer, schedule, a, step, data position, RNG; this
+3. data, AdamW, learning-rate schedule, the regularizer (its running mean a is state), with
+   ``--ema-decay`` an exponential moving average of the LoRA weights (diffusers' EMAModel);
+4. resume from a checkpoint: LoRA, optimizer, schedule, a, EMA, step, data position, RNG; this
    run's learning rate, betas, epsilon and weight decay apply; ``history.jsonl`` is cut back
    to the checkpoint's step, so no step appears twice;
 5. per micro-batch: encode images and captions, :func:`~smoothlib.train_step.training_step`,
    stop on a non-finite loss, backward;
-6. per optimizer step: average the LoRA gradients across processes, clip, step, log,
+6. per optimizer step: average the LoRA gradients across processes, clip, step, update the EMA, log,
    checkpoint (after checking the LoRA weights, optimizer moments and a are finite: a
    non-finite one stops the run unwritten, so the newest checkpoint stays the resume point),
    validation images;
-7. the final LoRA in output_dir/final/, one file per format of ``--lora-formats`` (default diffusers').
+7. the final LoRA in output_dir/final/, one file per format of ``--lora-formats`` (default diffusers');
+   with an EMA, final/ holds the averaged weights (as diffusers' ``--use_ema`` scripts save), final-raw/
+   the last ones, and the UNet is left holding the average.
 
 The UNet is not wrapped in DistributedDataParallel: its gradients are LoRA-sized
 and are averaged by one all-reduce per optimizer step, which stays correct with
@@ -163,6 +166,7 @@ def train(cfg: TrainConfig, world=None, dataset=None) -> TrainResult:
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, set_seed
     from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
 
     start = time.perf_counter()
     # 0. and 1. the output folder and the checkpoint to resume, checked; accelerator and seed
@@ -216,11 +220,13 @@ def train(cfg: TrainConfig, world=None, dataset=None) -> TrainResult:
     regularizer = StepVariationRegularizer(**cfg.regularizer_settings(),
                                            num_train_timesteps=world.scheduler.config.num_train_timesteps,
                                            ).to(accelerator.device)
+    ema = EMAModel(params, decay=cfg.ema_decay) if cfg.ema_decay > 0 else None
 
     # 4. resume; from here on the run writes into output_dir
     step, micro_step = (0, 0)
     if checkpoint is not None:
-        step, micro_step = resume_state(accelerator, cfg, resume_from, checkpoint, unet, optimizer, lr_sched, regularizer)
+        step, micro_step = resume_state(accelerator, cfg, resume_from, checkpoint, unet, optimizer, lr_sched, regularizer,
+                                        ema)
         del checkpoint  # its tensors are in the run now
     move_aside(accelerator, blocking, resumed=resume_from is not None)
     if cfg.report_to:
@@ -276,6 +282,8 @@ def train(cfg: TrainConfig, world=None, dataset=None) -> TrainResult:
             optimizer.step()
             lr_sched.step()
             optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.step(params)
             step += 1
             record = {"step": step, "mse": logs["mse"], "reg": logs["reg"],
                       "r": sum(logs["r"]) / len(logs["r"]) if logs["r"] else None,
@@ -290,7 +298,8 @@ def train(cfg: TrainConfig, world=None, dataset=None) -> TrainResult:
             bar.set_postfix(mse=f"{record['mse']:.4f}", reg=f"{record['reg']:.3g}",
                             r=f"{record['r']:.3g}" if record["r"] is not None else "-", a=f"{regularizer.a.mean().item():.3g}")
             if step % cfg.checkpointing_steps == 0 or step == cfg.max_train_steps:
-                save_state(accelerator, cfg, unet, optimizer, lr_sched, regularizer, step, micro_step, len(history))
+                save_state(accelerator, cfg, unet, optimizer, lr_sched, regularizer, step, micro_step, len(history),
+                           ema)
             if step % cfg.validation_steps == 0 or step == cfg.max_train_steps:
                 _validate(accelerator, cfg, world, step)
             if step >= cfg.max_train_steps:
@@ -300,6 +309,11 @@ def train(cfg: TrainConfig, world=None, dataset=None) -> TrainResult:
     # 7. the final LoRA
     accelerator.wait_for_everyone()
     lora_files = {}
+    if accelerator.is_main_process and ema is not None:
+        for fmt in cfg.lora_formats:
+            save_lora(unet, Path(cfg.output_dir) / "final-raw", format=fmt)
+    if ema is not None:
+        ema.copy_to(params)
     if accelerator.is_main_process:
         lora_files = {fmt: save_lora(unet, Path(cfg.output_dir) / "final", format=fmt) for fmt in cfg.lora_formats}
     skipped = list(getattr(dataset, "skipped", []))

@@ -1,6 +1,6 @@
 """A training run's state in a checkpoint: what is saved, checked and restored, and how.
 
-The state is the LoRA's weights, the optimizer's moments, the learning-rate schedule,
+The state is the LoRA's weights (and their EMA's, ``ema.<name>``, with ``--ema-decay``), the optimizer's moments, the learning-rate schedule,
 the regularizer's ``state_dict()`` (its running mean a and step counter; one row per
 process, since with ``sync_running_mean`` off every process keeps its own a), the
 data position and the RNG. :func:`save_state` refuses a non-finite tensor on any
@@ -71,13 +71,15 @@ def regularizer_rows(accelerator, regularizer) -> dict[str, torch.Tensor]:
             for key, value in regularizer.state_dict().items()}
 
 
-def save_state(accelerator, cfg, unet, optimizer, lr_sched, regularizer, step, micro_step, history_len):
+def save_state(accelerator, cfg, unet, optimizer, lr_sched, regularizer, step, micro_step, history_len, ema=None):
     """Write checkpoint-<step>, after checking on every process that its tensors are finite.
 
-    A non-finite LoRA weight, optimizer moment or running mean raises FloatingPointError
+    A non-finite LoRA weight, EMA weight, optimizer moment or running mean raises FloatingPointError
     and nothing is written: the newest checkpoint on disk stays the one to resume.
     """
     tensors = {f"lora.{n}": p for n, p in lora_named(unet).items()}
+    if ema is not None:
+        tensors.update({f"ema.{n}": s for n, s in zip(lora_named(unet), ema.shadow_params)})
     opt_tensors, opt_rest = flatten_optimizer(optimizer)
     tensors.update(opt_tensors)
     tensors.update(regularizer_rows(accelerator, regularizer))
@@ -91,7 +93,7 @@ def save_state(accelerator, cfg, unet, optimizer, lr_sched, regularizer, step, m
     if accelerator.is_main_process:
         meta = {"micro_step": micro_step, "num_processes": accelerator.num_processes,
                 "optimizer": opt_rest, "lr_scheduler": lr_sched.state_dict(), "history_len": history_len,
-                "config": dataclasses.asdict(cfg)}
+                "config": dataclasses.asdict(cfg), "ema_step": ema.optimization_step if ema is not None else None}
         path = save_checkpoint(cfg.output_dir, step, tensors, meta, keep=cfg.checkpoints_total_limit)
         tqdm.write(f"checkpoint written: {path}")
     accelerator.wait_for_everyone()
@@ -128,8 +130,12 @@ def _regularizer_state(accelerator, path, tensors, processes: int, regularizer) 
     return state
 
 
-def resume_state(accelerator, cfg, path, checkpoint, unet, optimizer, lr_sched, regularizer) -> tuple[int, int]:
-    """Load a checkpoint read by :func:`open_checkpoint` into the run's state: (step, micro_step)."""
+def resume_state(accelerator, cfg, path, checkpoint, unet, optimizer, lr_sched, regularizer, ema=None
+                 ) -> tuple[int, int]:
+    """Load a checkpoint read by :func:`open_checkpoint` into the run's state: (step, micro_step).
+
+    An EMA resumes from the checkpoint's ``ema.*`` tensors; one that the checkpoint lacks (``--ema-decay``
+    named in ``--resume-override``) starts from the resumed weights, and says so."""
     tensors, meta = checkpoint
     tensors = upgrade_layout(tensors, meta["num_processes"])
     named = lora_named(unet)
@@ -141,6 +147,8 @@ def resume_state(accelerator, cfg, path, checkpoint, unet, optimizer, lr_sched, 
     with torch.no_grad():
         for n, p in named.items():
             p.copy_(tensors[f"lora.{n}"])
+    if ema is not None:
+        _resume_ema(accelerator, path, tensors, meta, named, ema)
     unflatten_optimizer(optimizer, tensors, meta["optimizer"])
     lr_sched.load_state_dict(meta["lr_scheduler"])
     apply_hyperparameters(cfg, optimizer, lr_sched)
@@ -164,3 +172,16 @@ def apply_hyperparameters(cfg, optimizer, lr_sched) -> None:
     for group, lr in zip(optimizer.param_groups, lrs):
         group["lr"] = lr
     lr_sched._last_lr = lrs
+
+
+def _resume_ema(accelerator, path, tensors, meta, named, ema) -> None:
+    """The EMA's weights and update count from the checkpoint, or a fresh EMA of the resumed weights."""
+    with torch.no_grad():
+        if all(f"ema.{n}" in tensors for n in named):
+            for shadow, n in zip(ema.shadow_params, named):
+                shadow.copy_(tensors[f"ema.{n}"])
+            ema.optimization_step = meta.get("ema_step") or meta["step"]
+        else:
+            for shadow, p in zip(ema.shadow_params, named.values()):
+                shadow.copy_(p)
+            accelerator.print(f"{path} holds no EMA of the LoRA weights: the EMA starts from the resumed weights")

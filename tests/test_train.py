@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 import smoothlib.train as train_module
 from smoothlib.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints
-from smoothlib.config import TrainConfig
+from smoothlib.config import ConfigError, TrainConfig
 from smoothlib import testing
 from smoothlib.testing import tiny_pipeline
 from smoothlib.train import train
@@ -64,6 +64,42 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, buckets, relative):
     assert resumed.global_step == straight.global_step == 4
     assert [h["step"] for h in resumed.history] == [3, 4]
     assert any(v.abs().max() > 0 for k, v in a.items() if "lora_B" in k), "the LoRA did not train"
+
+
+def test_ema_of_the_lora_weights_matches_a_hand_average_and_leaves_training_unchanged(tmp_path):
+    """final/ holds diffusers' EMA (decay min(cap, (1 + n) / (10 + n)) after n updates), computed here by hand
+    from a plain run's per-step checkpoints; final-raw/ and the history equal that plain run's."""
+    plain = train(config(tmp_path, output_dir=str(tmp_path / "plain"), checkpointing_steps=1,
+                         checkpoints_total_limit=None), world=tiny_world())
+    world = tiny_world()
+    averaged = train(config(tmp_path, output_dir=str(tmp_path / "ema"), ema_decay=0.2), world=world)
+    assert [h["mse"] for h in averaged.history] == [h["mse"] for h in plain.history]
+    raw, ema_file = lora_of(tmp_path / "plain"), lora_of(tmp_path / "ema")
+    ema_raw = load_file(tmp_path / "ema" / "final-raw" / "pytorch_lora_weights.safetensors")
+    assert max((raw[k] - ema_raw[k]).abs().max().item() for k in raw) < 1e-6
+    assert max((raw[k] - ema_file[k]).abs().max().item() for k in raw) > 1e-5, "final/ is not the average"
+    steps = [load_file(c / "state.safetensors") for c in list_checkpoints(tmp_path / "plain")]
+    names = [k[len("lora."):] for k in steps[0] if k.startswith("lora.")]
+    by_hand = {n: steps[0][f"lora.{n}"].clone() for n in names}  # update 1: decay 0, a copy
+    for n_update, state in enumerate(steps[1:], start=2):
+        decay = min(0.2, n_update / (9 + n_update))
+        for n in names:
+            by_hand[n] = decay * by_hand[n] + (1 - decay) * state[f"lora.{n}"]
+    held = dict(world.unet.named_parameters())
+    assert max((held[n].detach() - by_hand[n]).abs().max().item() for n in names) < 1e-6
+
+
+def test_resume_with_an_ema_equals_an_uninterrupted_run(tmp_path):
+    straight = train(config(tmp_path, output_dir=str(tmp_path / "a"), ema_decay=0.5), world=tiny_world())
+    train(config(tmp_path, output_dir=str(tmp_path / "b"), max_train_steps=2, ema_decay=0.5), world=tiny_world())
+    train(config(tmp_path, output_dir=str(tmp_path / "b"), resume="latest", ema_decay=0.5), world=tiny_world())
+    for folder in ("final", "final-raw"):
+        a = load_file(tmp_path / "a" / folder / "pytorch_lora_weights.safetensors")
+        b = load_file(tmp_path / "b" / folder / "pytorch_lora_weights.safetensors")
+        assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6, folder
+    assert straight.global_step == 4
+    with pytest.raises(ConfigError, match="ema_decay"):
+        train(config(tmp_path, output_dir=str(tmp_path / "b"), resume="latest", max_train_steps=6), world=tiny_world())
 
 
 def vae_world():

@@ -27,8 +27,12 @@ from .assets import toy_lora_dir
 SCORES = "scores_100walks_25steps.json"
 """The miniature Table 1's scores file in each folder (100 walks, 25 DDIM steps)."""
 
-RECIPE_DEFAULTS = {"rank": 8, "learning_rate": 5e-4, "steps": 2000, "reg_sub_batch": None, "reg_t_min": 0}
+RECIPE_DEFAULTS = {"rank": 8, "learning_rate": 5e-4, "steps": 2000, "ema_decay": 0.0, "reg_sub_batch": None,
+                   "reg_t_min": 0}
 """Recipe settings beyond the regularizer's form, with the value of the runs that did not record them."""
+
+TRAINING_LEVERS = ("rank", "learning_rate", "steps", "ema_decay")
+"""The levers of :data:`RECIPE_DEFAULTS` that change a lambda = 0 run too: a recipe's control shares them."""
 
 
 def recipe_key(run: dict) -> tuple:
@@ -45,6 +49,7 @@ def recipe_label(key: tuple) -> str:
     extra = "".join([f", rank {levers['rank']}" if levers["rank"] != 8 else "",
                      f", lr {levers['learning_rate']:g}" if levers["learning_rate"] != 5e-4 else "",
                      f", {levers['steps']} steps" if levers["steps"] != 2000 else "",
+                     f", EMA {levers['ema_decay']:g}" if levers["ema_decay"] else "",
                      f", sub-batch {levers['reg_sub_batch']}" if levers["reg_sub_batch"] else "",
                      f", t >= {levers['reg_t_min']}" if levers["reg_t_min"] else ""])
     if lam == 0:
@@ -66,6 +71,12 @@ def short_label(label: str) -> str:
 
 CONTROL_KEY = recipe_key({})
 """The lambda = 0 control's recipe."""
+
+
+def control_of(key: tuple) -> tuple:
+    """The recipe of ``key``'s control: lambda = 0, trained the same way (the :data:`TRAINING_LEVERS`)."""
+    levers = dict(key[5])
+    return recipe_key({k: levers[k] for k in TRAINING_LEVERS})
 
 
 @dataclass

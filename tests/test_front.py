@@ -1,0 +1,32 @@
+"""The ISTD-against-quality front of the shipped toy LoRAs: recipes, their controls, the points."""
+import json
+import math
+
+from smoothlib.toy.assets import toy_lora_dir
+from smoothlib.toy.front import CONTROL_KEY, SCORES, control_of, front_points, recipe_key, recipe_label
+
+
+def test_a_recipe_is_all_but_the_seed_and_its_control_is_trained_the_same_way():
+    smooth = {"lambda_reg": 1.0, "estimator": "finite_difference", "t_buckets": 10, "relative": True,
+              "reg_sub_batch": 12, "seed": 0}
+    assert recipe_key(smooth) == recipe_key({**smooth, "seed": 1})
+    assert control_of(recipe_key(smooth)) == CONTROL_KEY == recipe_key({"lambda_reg": 0.0, "seed": 3})
+    ema = {**smooth, "ema_decay": 0.999}
+    assert control_of(recipe_key(ema)) == recipe_key({"lambda_reg": 0.0, "ema_decay": 0.999}) != CONTROL_KEY
+    assert recipe_label(recipe_key(ema)).endswith(", EMA 0.999, sub-batch 12")
+    assert recipe_label(control_of(recipe_key(ema))) == "+ LoRA, lambda = 0 (control), EMA 0.999"
+
+
+def test_the_control_point_is_the_mean_of_its_seeds_scores_files():
+    folders = [d for d in toy_lora_dir().iterdir() if (d / "run.json").is_file()
+               and recipe_key(json.loads((d / "run.json").read_text())) == CONTROL_KEY]
+    scores = [json.loads((d / SCORES).read_text()) for d in folders]
+    assert len(scores) == 2
+    walks = [sum(w) / len(w) for w in zip(*(s["per_walk"] for s in scores))]
+    mean = sum(walks) / len(walks)
+    se = math.sqrt(sum((w - mean) ** 2 for w in walks) / (len(walks) - 1) / len(walks))
+    point = next(p for p in front_points() if p.key == CONTROL_KEY)
+    assert sorted(point.names) == sorted(d.name for d in folders)
+    assert math.isclose(point.istd, mean, rel_tol=1e-12) and math.isclose(point.istd_stderr, se, rel_tol=1e-9)
+    frechets = [s["frechet"] for s in scores]
+    assert math.isclose(point.frechet, sum(frechets) / 2) and math.isclose(point.frechet_spread, abs(frechets[0] - frechets[1]) / 2)
