@@ -21,7 +21,7 @@ load hits them alike:
 * exact, sub-batch half: the regularizer on the first half of each batch;
 * first order: ``estimator="finite_difference"`` (a second forward, ordinary
   backward, default attention kernel) every step, on a sub-batch (a quarter, half,
-  three quarters of each batch: StyleGAN2's path-length batch shrink, every step
+  five eighths, three quarters of each batch: StyleGAN2's path-length batch shrink, every step
   regularized), lazy k = 4, with gradient checkpointing, and both.
 
 ``--settings WORD ...`` times only the settings whose name contains a word (the plain
@@ -111,6 +111,8 @@ SETTINGS = {
                                        False, False),
     "first order, sub-batch half": (1.0, lambda B: StepVariationRegularizer(estimator=FD, sub_batch=B // 2), 1,
                                     False, False),
+    "first order, sub-batch five eighths": (1.0, lambda B: StepVariationRegularizer(estimator=FD, sub_batch=5 * B // 8),
+                                            1, False, False),
     "first order, sub-batch three quarters": (1.0, lambda B: StepVariationRegularizer(estimator=FD, sub_batch=3 * B // 4),
                                               1, False, False),
     "first order, lazy k = 4": (1.0, lambda B: StepVariationRegularizer(estimator=FD, every=4), 4, False, False),

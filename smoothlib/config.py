@@ -160,6 +160,7 @@ class TrainConfig:
             self._check()
         except ValueError as err:
             raise ConfigError(str(err)) from None
+        self.lora_formats = list(dict.fromkeys(self.lora_formats))  # each format once, in the order given
         self.resume_override = [n.replace("-", "_") for n in self.resume_override]
         names = {f.name for f in dataclasses.fields(self)}
         for name in self.resume_override:
@@ -182,7 +183,6 @@ class TrainConfig:
                              f"got {self.lora_formats!r}")
         for name in self.lora_formats:
             check_choice(name, flag("lora_formats"), tuple(LORA_FORMATS))
-        self.lora_formats = list(dict.fromkeys(self.lora_formats))  # each format once, in the order given
         check_settings(lambda arg: flag(REGULARIZER_FIELDS.get(arg, arg)), **self.regularizer_settings())
 
     def regularizer_settings(self) -> dict:
