@@ -25,7 +25,7 @@ def main(argv=None) -> int:
     import matplotlib.pyplot as plt
 
     from smoothlib.toy.evaluation import paired_change
-    from smoothlib.toy.front import CONTROL_KEY, control_of, front_points, short_label
+    from smoothlib.toy.front import CONTROL_KEY, control_of, front_points, recipe_key, reduction_share, short_label
     from smoothlib.viz import plot_front
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -46,6 +46,15 @@ def main(argv=None) -> int:
         ratio = f"{pt.istd / pt.mean_step:.2f}" if pt.mean_step else "-"
         print(f"| {pt.label} | {len(pt.names)} | {pt.istd:.4f} ({pt.istd_stderr:.4f}) | {vc} | {ratio} | "
               f"{pt.adherence:.3f} | {pt.frechet:.1f} ({pt.frechet_spread:.1f}) |")
+    form = {"lambda_reg": 1.0, "t_buckets": 10, "relative": True}   # the default toy Smooth LoRA's penalty
+    exact = next((pt for pt in points if pt.key == recipe_key(form)), None)
+    if exact is not None:  # what the first-order estimator's settings keep of the exact one's reduction
+        print(f"\nshare of the ISTD reduction of {exact.label} (against the control; paired bootstrap, 95 %):")
+        for pt in points:
+            if pt.key is not None and pt.key[:5] == recipe_key({**form, "estimator": "finite_difference"})[:5] \
+                    and control_of(pt.key) == CONTROL_KEY:
+                share, low, high = reduction_share(pt.per_walk, exact.per_walk, control.per_walk)
+                print(f"  {pt.label}: {100 * share:.0f} % ({100 * low:.0f} to {100 * high:.0f} %)")
     fig, ax = plt.subplots(figsize=(8, 5))
     plot_front(points, ax, short=short_label, title="Toy world: ISTD against Frechet distance (100 walks, 25 DDIM steps)")
     ax.axvline(1.1 * control.frechet, color="grey", ls=":", lw=1)

@@ -3,7 +3,7 @@ import json
 import math
 
 from smoothlib.toy.assets import toy_lora_dir
-from smoothlib.toy.front import CONTROL_KEY, SCORES, control_of, front_points, recipe_key, recipe_label
+from smoothlib.toy.front import CONTROL_KEY, SCORES, control_of, front_points, recipe_key, recipe_label, reduction_share
 
 
 def test_a_recipe_is_all_but_the_seed_and_its_control_is_trained_the_same_way():
@@ -30,3 +30,18 @@ def test_the_control_point_is_the_mean_of_its_seeds_scores_files():
     assert math.isclose(point.istd, mean, rel_tol=1e-12) and math.isclose(point.istd_stderr, se, rel_tol=1e-9)
     frechets = [s["frechet"] for s in scores]
     assert math.isclose(point.frechet, sum(frechets) / 2) and math.isclose(point.frechet_spread, abs(frechets[0] - frechets[1]) / 2)
+
+
+def test_reduction_share_is_the_ratio_of_paired_drops_with_a_bootstrap_interval():
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    control = (0.3 + 0.1 * torch.rand(100, generator=g)).tolist()
+    reference = [c * 0.45 for c in control]
+    exactly = [c - 0.9 * (c - r) for c, r in zip(control, reference)]
+    share, low, high = reduction_share(exactly, reference, control)
+    assert math.isclose(share, 0.9, rel_tol=1e-12) and math.isclose(low, 0.9, rel_tol=1e-9) and math.isclose(high, 0.9, rel_tol=1e-9)
+    noisy = [m + 0.02 * float(torch.randn((), generator=g)) for m in exactly]
+    share, low, high = reduction_share(noisy, reference, control)
+    hand = sum(c - m for c, m in zip(control, noisy)) / sum(c - r for c, r in zip(control, reference))
+    assert math.isclose(share, hand, rel_tol=1e-12) and low < share < high and high - low < 0.2
