@@ -115,7 +115,12 @@ def main(argv=None) -> int:
                    help="regularize only the first n samples of each batch (the others get the plain loss)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", default=str(ROOT / "runs" / "toy_lora"))
-    p.add_argument("--resume", action="store_true", help="continue from the run's newest checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the run's newest checkpoint (with a larger --steps: a longer run)")
+    p.add_argument("--extend", metavar="RUN",
+                   help="a longer run: copy the finished run RUN (under --runs) to --name and resume it to --steps")
+    p.add_argument("--resume-override", nargs="*", default=[],
+                   help="settings the resumed run may change (smoothlib-train's --resume-override), e.g. ema_decay")
     p.add_argument("--overwrite-output-dir", action="store_true",
                    help="start the run afresh in a folder that holds an earlier one (moved aside, not deleted)")
     a = p.parse_args(argv)
@@ -130,16 +135,26 @@ def main(argv=None) -> int:
     from smoothlib.train import train
 
     out = Path(a.runs) / a.name
+    if a.extend:
+        if out.exists():
+            p.error(f"--extend: {out} exists already; pick another --name")
+        if not (Path(a.runs) / a.extend / "run.json").is_file():
+            p.error(f"--extend: {Path(a.runs) / a.extend} holds no finished run (no run.json)")
+        shutil.copytree(Path(a.runs) / a.extend, out, ignore=shutil.ignore_patterns("scores_*", "validation", "final", "final-raw", "pytorch_lora_weights.safetensors"))
+        a.resume = True
     cfg = TrainConfig(**{**RECIPE, "max_train_steps": a.steps, "rank": a.rank, "learning_rate": a.learning_rate},
                       ema_decay=a.ema_decay, reg_sub_batch=a.reg_sub_batch, reg_t_min=a.reg_t_min, lambda_reg=a.lambda_reg, seed=a.seed,
                       estimator=a.estimator, reg_every=a.reg_every, reg_t_buckets=a.t_buckets, reg_relative=a.relative, output_dir=str(out),
-                      resume="latest" if a.resume else None, overwrite_output_dir=a.overwrite_output_dir)
+                      resume="latest" if a.resume else None, resume_override=a.resume_override,
+                      overwrite_output_dir=a.overwrite_output_dir)
+    earlier = json.loads((out / "run.json").read_text()) if a.resume and (out / "run.json").is_file() else {}
     result = train(cfg)
-    record = {"name": a.name, "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+    command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+    record = {"name": a.name, "command": f"{earlier['command']}; {command}" if a.extend else command,
               "lambda_reg": a.lambda_reg, "seed": a.seed, "estimator": a.estimator, "reg_every": a.reg_every, "t_buckets": a.t_buckets,
               "relative": a.relative, "rank": a.rank, "learning_rate": a.learning_rate, "ema_decay": a.ema_decay, "reg_sub_batch": a.reg_sub_batch,
               "reg_t_min": a.reg_t_min,
-              "steps": result.global_step, "wall_s": round(result.seconds, 1), "threads": a.threads,
+              "steps": result.global_step, "wall_s": round(result.seconds + earlier.get("wall_s", 0), 1), "threads": a.threads,
               "torch": torch.__version__, "machine": platform.machine(),
               "final_a": result.history[-1]["a"] if result.history else None,
               "recipe": {k: v for k, v in RECIPE.items() if k not in ("max_train_steps", "rank", "learning_rate")}}
