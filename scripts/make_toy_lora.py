@@ -83,6 +83,9 @@ def ship(names: list[str], runs: Path, data: Path) -> None:
             lazy=(f", lazy every {run['reg_every']} steps" if run["reg_every"] > 1 else "")
             + (f", one running mean per {1000 // run['t_buckets']} timesteps" if run.get("t_buckets", 1) > 1 else "")
             + (", relative penalty ((r - a) / a)^2" if run.get("relative") else "")
+            + (", log-ratio penalty (log r - log a)^2" if run.get("log_ratio") else "")
+            + (f", lambda ramped up linearly over the first {run['lambda_warmup_steps']} steps"
+               if run.get("lambda_warmup_steps") else "")
             + (f", on the first {run['reg_sub_batch']} samples of each batch" if run.get("reg_sub_batch") else "")
             + (f", penalty on t >= {run['reg_t_min']} only" if run.get("reg_t_min") else ""),
             ema=(f"; the weights are an exponential moving average (decay up to {run['ema_decay']:g}) of the "
@@ -105,7 +108,11 @@ def main(argv=None) -> int:
     p.add_argument("--t-buckets", type=int, default=1, help="running means of r: 1 (the release) or one per T/K steps")
     p.add_argument("--relative", action="store_true",
                    help="with --t-buckets: penalise ((r - a) / a)^2 so every range of t weighs the same")
+    p.add_argument("--log-ratio", action="store_true",
+                   help="with --t-buckets, instead of --relative: penalise (log r - log a)^2")
     p.add_argument("--reg-t-min", type=int, default=0, help="penalise only the samples with t >= this")
+    p.add_argument("--lambda-warmup", type=int, default=0,
+                   help="ramp lambda linearly over the first N steps (0: full lambda from the start)")
     p.add_argument("--steps", type=int, default=RECIPE["max_train_steps"])
     p.add_argument("--rank", type=int, default=RECIPE["rank"], help="LoRA rank (alpha = rank)")
     p.add_argument("--learning-rate", type=float, default=RECIPE["learning_rate"])
@@ -145,6 +152,7 @@ def main(argv=None) -> int:
     cfg = TrainConfig(**{**RECIPE, "max_train_steps": a.steps, "rank": a.rank, "learning_rate": a.learning_rate},
                       ema_decay=a.ema_decay, reg_sub_batch=a.reg_sub_batch, reg_t_min=a.reg_t_min, lambda_reg=a.lambda_reg, seed=a.seed,
                       estimator=a.estimator, reg_every=a.reg_every, reg_t_buckets=a.t_buckets, reg_relative=a.relative, output_dir=str(out),
+                      reg_log_ratio=a.log_ratio, lambda_warmup_steps=a.lambda_warmup,
                       resume="latest" if a.resume else None, resume_override=a.resume_override,
                       overwrite_output_dir=a.overwrite_output_dir)
     earlier = json.loads((out / "run.json").read_text()) if a.resume and (out / "run.json").is_file() else {}
@@ -153,7 +161,7 @@ def main(argv=None) -> int:
     record = {"name": a.name, "command": f"{earlier['command']}; {command}" if a.extend else command,
               "lambda_reg": a.lambda_reg, "seed": a.seed, "estimator": a.estimator, "reg_every": a.reg_every, "t_buckets": a.t_buckets,
               "relative": a.relative, "rank": a.rank, "learning_rate": a.learning_rate, "ema_decay": a.ema_decay, "reg_sub_batch": a.reg_sub_batch,
-              "reg_t_min": a.reg_t_min,
+              "reg_t_min": a.reg_t_min, "log_ratio": a.log_ratio, "lambda_warmup_steps": a.lambda_warmup,
               "steps": result.global_step, "wall_s": round(result.seconds + earlier.get("wall_s", 0), 1), "threads": a.threads,
               "torch": torch.__version__, "machine": platform.machine(),
               "final_a": result.history[-1]["a"] if result.history else None,

@@ -26,7 +26,7 @@ LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine
 
 REGULARIZER_FIELDS = {"every": "reg_every", "sub_batch": "reg_sub_batch", "estimator": "estimator",
                       "h": "regularizer_h", "t_buckets": "reg_t_buckets", "relative": "reg_relative",
-                      "t_min": "reg_t_min", "sync": "sync_running_mean"}
+                      "t_min": "reg_t_min", "log_ratio": "reg_log_ratio", "sync": "sync_running_mean"}
 """The StepVariationRegularizer argument behind each config field (its rules are checked there, once)."""
 
 RESUME_FIXED = ("rank", "lora_alpha", "reg_t_buckets")
@@ -50,7 +50,7 @@ _RANGES = {  # field: the check_number bounds of its values
                                                     "checkpointing_steps", "validation_steps", "validation_num_steps")},
     "seed": dict(low=0, below=2**32, integer=True), "checkpoints_total_limit": dict(low=1, integer=True, optional=True),
     "validation_guidance": dict(low=0), "dataloader_num_workers": dict(low=0, integer=True),
-    "ema_decay": dict(low=0, below=1),
+    "ema_decay": dict(low=0, below=1), "lambda_warmup_steps": dict(low=0, integer=True),
 }
 
 
@@ -87,6 +87,8 @@ class TrainConfig:
     # -- the regularizer (Guo et al. 2024, section 3.2)
     lambda_reg: float = 1.0
     """Weight of L_reg in L = L_mse + lambda * L_reg; 0 trains a plain LoRA (the control)."""
+    lambda_warmup_steps: int = 0
+    """Ramp lambda linearly over the first N optimizer steps: step s (1, 2, ...) uses lambda min(1, s / N) (0: the full lambda from the start, the release)."""
     reg_every: int = 1
     """Lazy regularization: run the regularizer on 1 micro-batch in k, its weight multiplied by k."""
     reg_sub_batch: int | None = None
@@ -101,6 +103,8 @@ class TrainConfig:
     """Running means of r: 1 (the release: one a for all t) or K, one per range of T/K timesteps."""
     reg_relative: bool = False
     """With reg_t_buckets > 1: penalise ((r - a) / a)^2, so every range of t weighs the same (not the release)."""
+    reg_log_ratio: bool = False
+    """With reg_t_buckets > 1, instead of reg_relative: penalise (log r - log a)^2 (not the release)."""
     reg_t_min: int = 0
     """Penalise only the samples with t >= reg_t_min (0: every timestep, the release)."""
     noise_offset: float = 0.0
@@ -184,6 +188,12 @@ class TrainConfig:
         for name in self.lora_formats:
             check_choice(name, flag("lora_formats"), tuple(LORA_FORMATS))
         check_settings(lambda arg: flag(REGULARIZER_FIELDS.get(arg, arg)), **self.regularizer_settings())
+
+    def lambda_at(self, step: int) -> float:
+        """lambda at optimizer step ``step`` (1, 2, ...): lambda_reg min(1, step / lambda_warmup_steps), or lambda_reg."""
+        if not self.lambda_warmup_steps:
+            return self.lambda_reg
+        return self.lambda_reg * min(1.0, step / self.lambda_warmup_steps)
 
     def regularizer_settings(self) -> dict:
         """The keyword arguments of :class:`~smoothlib.regularizer.StepVariationRegularizer` this config asks for."""

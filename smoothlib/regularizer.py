@@ -170,7 +170,8 @@ def finite_difference_variation(x0_hat: Tensor, x0_hat_shifted: Tensor, step: Te
 
 
 def check_settings(label=lambda name: name, *, decay=0.01, every=1, sub_batch=None, estimator="exact", h=None,
-                   t_buckets=1, relative=False, sync=True, num_train_timesteps=None, t_min=0) -> None:
+                   t_buckets=1, relative=False, sync=True, num_train_timesteps=None, t_min=0,
+                   log_ratio=False) -> None:
     """Raise ValueError for a setting :class:`StepVariationRegularizer` cannot run with.
 
     ``label(name)`` is how the message names the argument: the argument itself here,
@@ -189,6 +190,11 @@ def check_settings(label=lambda name: name, *, decay=0.01, every=1, sub_batch=No
     if relative and t_buckets == 1:
         raise ValueError(f"{label('relative')} needs {label('t_buckets')} > 1: it weighs the ranges of t equally "
                          "(with one running mean it only rescales lambda, and the release's a starts at 0)")
+    if log_ratio and t_buckets == 1:
+        raise ValueError(f"{label('log_ratio')} needs {label('t_buckets')} > 1: one running mean for every t "
+                         "sets the log ratio by the noisy end (and the release's a starts at 0)")
+    if log_ratio and relative:
+        raise ValueError(f"{label('log_ratio')} and {label('relative')} are two forms of the penalty: choose one")
     top = None if num_train_timesteps is None else num_train_timesteps - 1
     check_number(t_min, label("t_min"), 0, integer=True, at_most=top)
 
@@ -203,7 +209,7 @@ class StepVariationRegularizer(torch.nn.Module):
 
     Options:
 
-    * ``decay`` (0.01), ``t_buckets`` (K = 1), ``relative`` (False), ``sync`` (True),
+    * ``decay`` (0.01), ``t_buckets`` (K = 1), ``relative`` (False), ``log_ratio`` (False), ``sync`` (True),
       ``t_min`` (0), ``num_train_timesteps``: the running mean's, see :mod:`smoothlib.running_mean`
       (``sync=False`` reproduces the release's one unsynchronised a per GPU).
     * ``every`` (k = 1): lazy regularization (StyleGAN2, Karras et al. 2020,
@@ -225,12 +231,14 @@ class StepVariationRegularizer(torch.nn.Module):
 
     def __init__(self, decay: float = 0.01, every: int = 1, sub_batch: int | None = None,
                  sync: bool = True, estimator: str = "exact", h: float | None = None,
-                 t_buckets: int = 1, num_train_timesteps: int = 1000, relative: bool = False, t_min: int = 0):
+                 t_buckets: int = 1, num_train_timesteps: int = 1000, relative: bool = False, t_min: int = 0,
+                 log_ratio: bool = False):
         super().__init__()
         check_settings(decay=decay, every=every, sub_batch=sub_batch, estimator=estimator, h=h,
-                       t_buckets=t_buckets, relative=relative, num_train_timesteps=num_train_timesteps, t_min=t_min)
+                       t_buckets=t_buckets, relative=relative, num_train_timesteps=num_train_timesteps, t_min=t_min,
+                       log_ratio=log_ratio)
         self.every, self.sub_batch, self.estimator, self.h = int(every), sub_batch, estimator, h
-        self.running_mean = RunningMean(decay, t_buckets, relative, sync, num_train_timesteps, t_min)
+        self.running_mean = RunningMean(decay, t_buckets, relative, sync, num_train_timesteps, t_min, log_ratio)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self._graph_checked = False
 

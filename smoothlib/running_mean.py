@@ -16,6 +16,12 @@ running mean, so that every range of t weighs the same:
 
     L_reg = mean(((r_i - a_b(t_i)) / a_b(t_i))^2).
 
+``log_ratio=True`` (also K > 1) penalises the log ratio instead, which is the
+relative deviation to first order but grows only logarithmically for an r far
+above its a and without bound for an r that collapses towards 0:
+
+    L_reg = mean((log r_i - log a_b(t_i))^2).
+
 ``t_min`` (0: every sample, as the release) restricts the penalty to the samples
 with t >= t_min (another lever the paper does not use): the others move neither
 a nor L_reg, which is then the mean over the kept samples.
@@ -54,15 +60,16 @@ class RunningMean(torch.nn.Module):
     """a (one value, or one per range of t) and the penalty L_reg that updates it; see the module docstring.
 
     ``decay`` (0.01, the release's), ``t_buckets`` (K = 1, the release), ``relative``
-    (needs K > 1), ``t_min`` (0: every timestep), ``sync`` (average over processes; False keeps one a per process, as
+    (needs K > 1), ``log_ratio`` (needs K > 1, not with ``relative``), ``t_min`` (0: every timestep), ``sync`` (average over processes; False keeps one a per process, as
     the release does), ``num_train_timesteps`` (T, to map t to its bucket).
     Arguments are checked by :func:`smoothlib.regularizer.check_settings`.
     """
 
     def __init__(self, decay: float = 0.01, t_buckets: int = 1, relative: bool = False, sync: bool = True,
-                 num_train_timesteps: int = 1000, t_min: int = 0):
+                 num_train_timesteps: int = 1000, t_min: int = 0, log_ratio: bool = False):
         super().__init__()
         self.decay, self.t_buckets, self.relative, self.sync = decay, int(t_buckets), bool(relative), sync
+        self.log_ratio = bool(log_ratio)
         self.t_min = int(t_min)
         self.num_train_timesteps = int(num_train_timesteps)
         self.register_buffer("a", torch.zeros(() if self.t_buckets == 1 else (self.t_buckets,), dtype=torch.float32))
@@ -81,7 +88,8 @@ class RunningMean(torch.nn.Module):
            (:func:`global_mean`);
         3. a_new = a + decay (mean(r) - a) in every bucket that has kept samples
            (with K > 1, a bucket's first batch sets a_new = mean(r));
-        4. L_reg = sum(w (r - a_new)^2) / sum(w), or of ((r - a_new) / a_new) with ``relative``;
+        4. L_reg = sum(w (r - a_new)^2) / sum(w), or of ((r - a_new) / a_new) with ``relative``,
+           or of (log r - log a_new) with ``log_ratio``;
         5. store a_new detached.
         """
         needs_t = self.t_buckets > 1 or self.t_min > 0
@@ -102,7 +110,11 @@ class RunningMean(torch.nn.Module):
         moved = torch.where(present, a + self.decay * (mean - a), a)
         a_new = moved if self.t_buckets == 1 else torch.where(present & ~self.seen, mean, moved)
         kept = w > 0
-        deviation = torch.where(kept, r - a_new[b], 0.0)   # a bucket with no kept sample may still hold a = 0
+        if self.log_ratio:
+            tiny = torch.finfo(r.dtype).tiny
+            deviation = torch.where(kept, r.clamp_min(tiny).log() - a_new[b].clamp_min(tiny).log(), 0.0)
+        else:
+            deviation = torch.where(kept, r - a_new[b], 0.0)   # a bucket with no kept sample may still hold a = 0
         if self.relative:
             deviation = deviation / torch.where(kept, a_new[b].detach(), 1.0).clamp_min(torch.finfo(r.dtype).tiny)
         self.a.copy_(a_new.detach().reshape(self.a.shape))
@@ -111,5 +123,6 @@ class RunningMean(torch.nn.Module):
         return deviation.pow(2).sum() / w.sum().clamp_min(1)   # deviation is 0 where w is
 
     def extra_repr(self) -> str:
-        return (f"decay={self.decay}, t_buckets={self.t_buckets}, relative={self.relative}, t_min={self.t_min}, "
+        return (f"decay={self.decay}, t_buckets={self.t_buckets}, relative={self.relative}, "
+                f"log_ratio={self.log_ratio}, t_min={self.t_min}, "
                 f"sync={self.sync}")

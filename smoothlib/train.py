@@ -20,8 +20,8 @@ Recipe of :func:`train`:
 4. resume from a checkpoint: LoRA, optimizer, schedule, a, EMA, step, data position, RNG; this
    run's learning rate, betas, epsilon and weight decay apply; ``history.jsonl`` is cut back
    to the checkpoint's step, so no step appears twice;
-5. per micro-batch: encode images and captions, :func:`~smoothlib.train_step.training_step`,
-   stop on a non-finite loss, backward;
+5. per micro-batch: encode images and captions, :func:`~smoothlib.train_step.training_step` at this
+   step's lambda (:meth:`~smoothlib.config.TrainConfig.lambda_at`), stop on a non-finite loss, backward;
 6. per optimizer step: average the LoRA gradients across processes, clip, step, update the EMA, log,
    checkpoint (after checking the LoRA weights, optimizer moments and a are finite: a
    non-finite one stops the run unwritten, so the newest checkpoint stays the resume point),
@@ -256,7 +256,7 @@ def train(cfg: TrainConfig, world=None, dataset=None) -> TrainResult:
                 emb = world.encode_prompt(captions).float()
             with accelerator.autocast():
                 out = training_step(unet, x_0, emb, world.scheduler, regularizer if cfg.lambda_reg > 0 else None,
-                                    cfg.lambda_reg, generator=g, noise_offset=cfg.noise_offset)
+                                    cfg.lambda_at(step + 1), generator=g, noise_offset=cfg.noise_offset)
             if not on_every_process(accelerator, bool(torch.isfinite(out.loss.detach()))):
                 raise FloatingPointError(
                     f"the loss is not finite at step {step + 1} (micro-batch {micro_step}): L_mse = {out.mse.item():.4g}, "
@@ -288,6 +288,8 @@ def train(cfg: TrainConfig, world=None, dataset=None) -> TrainResult:
             record = {"step": step, "mse": logs["mse"], "reg": logs["reg"],
                       "r": sum(logs["r"]) / len(logs["r"]) if logs["r"] else None,
                       "a": regularizer.a.tolist(), "lr": lr_sched.get_last_lr()[0]}
+            if cfg.lambda_warmup_steps:
+                record["lambda"] = cfg.lambda_at(step)
             logs = {"mse": 0.0, "reg": 0.0, "r": []}
             history.append(record)
             if accelerator.is_main_process:

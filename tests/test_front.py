@@ -15,6 +15,10 @@ def test_a_recipe_is_all_but_the_seed_and_its_control_is_trained_the_same_way():
     assert control_of(recipe_key(ema)) == recipe_key({"lambda_reg": 0.0, "ema_decay": 0.999}) != CONTROL_KEY
     assert recipe_label(recipe_key(ema)).endswith(", EMA 0.999, sub-batch 12")
     assert recipe_label(control_of(recipe_key(ema))) == "+ LoRA, lambda = 0 (control), EMA 0.999"
+    # the penalty's form and lambda's warm-up change nothing at lambda = 0: those recipes share the plain control
+    log = {**smooth, "relative": False, "log_ratio": True, "lambda_warmup_steps": 1000}
+    assert recipe_key(log) != recipe_key(smooth) and control_of(recipe_key(log)) == CONTROL_KEY
+    assert recipe_label(recipe_key(log)).endswith("(10), sub-batch 12, log ratio, lambda warm-up 1000")
 
 
 def test_the_control_point_is_the_mean_of_its_seeds_scores_files():

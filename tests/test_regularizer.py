@@ -267,6 +267,31 @@ def test_relative_penalty_per_t_range_matches_a_hand_computation():
         StepVariationRegularizer(relative=True)
 
 
+def test_log_ratio_penalty_matches_a_hand_computation():
+    reg = StepVariationRegularizer(t_buckets=2, num_train_timesteps=1000, log_ratio=True)
+    r = torch.tensor([1.0, 3.0, 10.0, 30.0], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([10, 200, 700, 900])  # buckets 0, 0, 1, 1: first batch, so a = the bucket means 2 and 20
+    penalty = reg.penalty(r, t)
+    # log(1/2)^2 = log(10/20)^2 and log(3/2)^2 = log(30/20)^2: the ranges weigh the same
+    assert penalty.item() == pytest.approx((math.log(0.5) ** 2 + math.log(1.5) ** 2) / 2)
+    # the gradient flows through a as well (a = the bucket's mean of r on its first batch, not detached)
+    leaf = r.detach().clone().requires_grad_()
+    a = torch.stack([leaf[:2].mean(), leaf[:2].mean(), leaf[2:].mean(), leaf[2:].mean()])
+    hand = (leaf.log() - a.log()).pow(2).mean()
+    (grad,) = torch.autograd.grad(penalty, r)
+    (expected,) = torch.autograd.grad(hand, leaf)
+    assert torch.allclose(grad, expected)
+    # to first order it is the relative penalty: nearly equal for r within 1 % of a
+    near = torch.tensor([0.99, 1.01, 9.9, 10.1], dtype=torch.float64)
+    relative = StepVariationRegularizer(t_buckets=2, num_train_timesteps=1000, relative=True).penalty(near, t)
+    log = StepVariationRegularizer(t_buckets=2, num_train_timesteps=1000, log_ratio=True).penalty(near, t)
+    assert log.item() == pytest.approx(relative.item(), rel=1e-3)
+    with pytest.raises(ValueError, match="t_buckets > 1"):
+        StepVariationRegularizer(log_ratio=True)
+    with pytest.raises(ValueError, match="choose one"):
+        StepVariationRegularizer(t_buckets=2, relative=True, log_ratio=True)
+
+
 def test_t_min_penalises_only_the_kept_timesteps():
     # samples below t_min move neither a nor L_reg: the penalty equals the one on the kept samples alone
     r = torch.tensor([5.0, 1.0, 3.0, 10.0, 30.0], dtype=torch.float64, requires_grad=True)

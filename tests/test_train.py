@@ -50,9 +50,9 @@ def lora_of(run: Path):
     return load_file(run / "final" / "pytorch_lora_weights.safetensors")
 
 
-@pytest.mark.parametrize("buckets, relative", [(1, False), (4, False), (4, True)])
-def test_resume_equals_an_uninterrupted_run(tmp_path, buckets, relative):
-    reg = {"reg_t_buckets": buckets, "reg_relative": relative}
+@pytest.mark.parametrize("buckets, relative, warmup", [(1, False, 0), (4, False, 0), (4, True, 0), (4, True, 4)])
+def test_resume_equals_an_uninterrupted_run(tmp_path, buckets, relative, warmup):
+    reg = {"reg_t_buckets": buckets, "reg_relative": relative, "lambda_warmup_steps": warmup}
     straight = train(config(tmp_path, output_dir=str(tmp_path / "a"), **reg), world=tiny_world())
     train(config(tmp_path, output_dir=str(tmp_path / "b"), max_train_steps=2, **reg), world=tiny_world())
     resumed = train(config(tmp_path, output_dir=str(tmp_path / "b"), resume="latest", **reg), world=tiny_world())
@@ -64,6 +64,22 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, buckets, relative):
     assert resumed.global_step == straight.global_step == 4
     assert [h["step"] for h in resumed.history] == [3, 4]
     assert any(v.abs().max() > 0 for k, v in a.items() if "lora_B" in k), "the LoRA did not train"
+
+
+def test_lambda_warmup_ramps_the_penalty_linearly(tmp_path):
+    """Step s of a warm-up over N steps trains at lambda s / N: its first step equals a run at lambda / N."""
+    ramped = train(config(tmp_path, output_dir=str(tmp_path / "ramp"), lambda_warmup_steps=4), world=tiny_world())
+    assert [h["lambda"] for h in ramped.history] == [0.25, 0.5, 0.75, 1.0]
+    first = {}
+    for name, kw in (("ramp1", dict(lambda_warmup_steps=4)), ("quarter", dict(lambda_reg=0.25)), ("full", {})):
+        train(config(tmp_path, output_dir=str(tmp_path / name), max_train_steps=1, **kw), world=tiny_world())
+        first[name] = lora_of(tmp_path / name)
+    diff = {other: max((first["ramp1"][k] - first[other][k]).abs().max().item() for k in first["ramp1"])
+            for other in ("quarter", "full")}
+    assert diff["quarter"] < 1e-7
+    assert diff["full"] > 1e-6, "lambda / 4 and lambda gave the same first step: the test cannot tell them apart"
+    with pytest.raises(ValueError, match="--lambda-warmup-steps must be an integer >= 0"):
+        TrainConfig(lambda_warmup_steps=-1)
 
 
 def test_ema_of_the_lora_weights_matches_a_hand_average_and_leaves_training_unchanged(tmp_path):

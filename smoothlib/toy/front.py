@@ -28,7 +28,7 @@ SCORES = "scores_100walks_25steps.json"
 """The miniature Table 1's scores file in each folder (100 walks, 25 DDIM steps)."""
 
 RECIPE_DEFAULTS = {"rank": 8, "learning_rate": 5e-4, "steps": 2000, "ema_decay": 0.0, "reg_sub_batch": None,
-                   "reg_t_min": 0}
+                   "reg_t_min": 0, "log_ratio": False, "lambda_warmup_steps": 0}
 """Recipe settings beyond the regularizer's form, with the value of the runs that did not record them."""
 
 TRAINING_LEVERS = ("rank", "learning_rate", "steps", "ema_decay")
@@ -51,7 +51,9 @@ def recipe_label(key: tuple) -> str:
                      f", {levers['steps']} steps" if levers["steps"] != 2000 else "",
                      f", EMA {levers['ema_decay']:g}" if levers["ema_decay"] else "",
                      f", sub-batch {levers['reg_sub_batch']}" if levers["reg_sub_batch"] else "",
-                     f", t >= {levers['reg_t_min']}" if levers["reg_t_min"] else ""])
+                     f", t >= {levers['reg_t_min']}" if levers["reg_t_min"] else "",
+                     ", log ratio" if levers["log_ratio"] else "",
+                     f", lambda warm-up {levers['lambda_warmup_steps']}" if levers["lambda_warmup_steps"] else ""])
     if lam == 0:
         return "+ LoRA, lambda = 0 (control)" + extra
     name = "exact" if est == "exact" else "first-order"
@@ -64,7 +66,8 @@ def short_label(label: str) -> str:
     if not label.startswith("+ Smooth"):
         return "control" if "control" in label else label
     for long, short in (("+ Smooth LoRA, lambda = ", "lam "), ("first-order", "fo"), ("exact", "ex"),
-                        ("a per t range (10)", "tb10"), (", relative", " rel"), ("lazy k = ", "lazy")):
+                        ("a per t range (10)", "tb10"), (", relative", " rel"), (", log ratio", " log"),
+                        ("lambda warm-up ", "warm-up "), ("lazy k = ", "lazy")):
         label = label.replace(long, short)
     return label
 
