@@ -39,7 +39,7 @@ RECIPE = dict(world="toy", data="digits", resolution=16, caption_dropout=0.1, ra
 
 CARD = """# Toy {kind}: `{name}`
 
-A rank-{rank} LoRA on the attention projections (to_q, to_k, to_v, to_out.0) of the toy
+A rank-{rank} LoRA on the attention projections (to_q, to_k, to_v, to_out.0){resnets} of the toy
 digit model in `data/toy/`, trained by smoothlib's trainer {what}.
 
 | | |
@@ -88,6 +88,7 @@ def ship(names: list[str], runs: Path, data: Path) -> None:
                if run.get("lambda_warmup_steps") else "")
             + (f", on the first {run['reg_sub_batch']} samples of each batch" if run.get("reg_sub_batch") else "")
             + (f", penalty on t >= {run['reg_t_min']} only" if run.get("reg_t_min") else ""),
+            resnets=" and the ResNet blocks' convolutions (conv1, conv2)" if run.get("lora_resnets") else "",
             ema=(f"; the weights are an exponential moving average (decay up to {run['ema_decay']:g}) of the "
                  "training's weights" if run.get("ema_decay") else ""),
             lr_text=f"{run.get('learning_rate', RECIPE['learning_rate']):.0e}".replace("e-0", "e-"),
@@ -116,6 +117,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=RECIPE["max_train_steps"])
     p.add_argument("--rank", type=int, default=RECIPE["rank"], help="LoRA rank (alpha = rank)")
     p.add_argument("--learning-rate", type=float, default=RECIPE["learning_rate"])
+    p.add_argument("--lora-resnets", action="store_true",
+                   help="LoRA on the ResNet blocks' conv1 and conv2 too (not only the attention projections)")
     p.add_argument("--ema-decay", type=float, default=0.0,
                    help="ship an exponential moving average of the LoRA weights with this largest decay (0: the last weights)")
     p.add_argument("--reg-sub-batch", type=int, default=None,
@@ -152,7 +155,7 @@ def main(argv=None) -> int:
     cfg = TrainConfig(**{**RECIPE, "max_train_steps": a.steps, "rank": a.rank, "learning_rate": a.learning_rate},
                       ema_decay=a.ema_decay, reg_sub_batch=a.reg_sub_batch, reg_t_min=a.reg_t_min, lambda_reg=a.lambda_reg, seed=a.seed,
                       estimator=a.estimator, reg_every=a.reg_every, reg_t_buckets=a.t_buckets, reg_relative=a.relative, output_dir=str(out),
-                      reg_log_ratio=a.log_ratio, lambda_warmup_steps=a.lambda_warmup,
+                      reg_log_ratio=a.log_ratio, lambda_warmup_steps=a.lambda_warmup, lora_resnets=a.lora_resnets,
                       resume="latest" if a.resume else None, resume_override=a.resume_override,
                       overwrite_output_dir=a.overwrite_output_dir)
     earlier = json.loads((out / "run.json").read_text()) if a.resume and (out / "run.json").is_file() else {}
@@ -162,6 +165,7 @@ def main(argv=None) -> int:
               "lambda_reg": a.lambda_reg, "seed": a.seed, "estimator": a.estimator, "reg_every": a.reg_every, "t_buckets": a.t_buckets,
               "relative": a.relative, "rank": a.rank, "learning_rate": a.learning_rate, "ema_decay": a.ema_decay, "reg_sub_batch": a.reg_sub_batch,
               "reg_t_min": a.reg_t_min, "log_ratio": a.log_ratio, "lambda_warmup_steps": a.lambda_warmup,
+              "lora_resnets": a.lora_resnets,
               "steps": result.global_step, "wall_s": round(result.seconds + earlier.get("wall_s", 0), 1), "threads": a.threads,
               "torch": torch.__version__, "machine": platform.machine(),
               "final_a": result.history[-1]["a"] if result.history else None,

@@ -18,7 +18,7 @@ import typing
 from dataclasses import dataclass, field
 
 from .checks import check_choice, check_number
-from .lora import LORA_FORMATS
+from .lora import ATTENTION_PROJECTIONS, LORA_FORMATS, RESNET_CONVOLUTIONS
 from .regularizer import check_settings
 
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
@@ -29,7 +29,7 @@ REGULARIZER_FIELDS = {"every": "reg_every", "sub_batch": "reg_sub_batch", "estim
                       "t_min": "reg_t_min", "log_ratio": "reg_log_ratio", "sync": "sync_running_mean"}
 """The StepVariationRegularizer argument behind each config field (its rules are checked there, once)."""
 
-RESUME_FIXED = ("rank", "lora_alpha", "reg_t_buckets")
+RESUME_FIXED = ("rank", "lora_alpha", "lora_resnets", "reg_t_buckets")
 """Settings a resume can never change: the checkpoint's tensors are shaped or scaled by them."""
 
 RESUME_FREE = ("output_dir", "resume", "max_train_steps", "checkpointing_steps", "checkpoints_total_limit",
@@ -83,6 +83,8 @@ class TrainConfig:
     rank: int = 8
     lora_alpha: float | None = None
     """LoRA alpha; None means alpha = rank (scale 1, as released)."""
+    lora_resnets: bool = False
+    """Adapt the ResNet blocks' conv1 and conv2 too (LoCon), not only the attention projections (the release); the release's file format cannot hold them."""
 
     # -- the regularizer (Guo et al. 2024, section 3.2)
     lambda_reg: float = 1.0
@@ -187,7 +189,14 @@ class TrainConfig:
                              f"got {self.lora_formats!r}")
         for name in self.lora_formats:
             check_choice(name, flag("lora_formats"), tuple(LORA_FORMATS))
+        if self.lora_resnets and "release" in self.lora_formats:
+            raise ValueError(f"{flag('lora_formats')} release holds attention projections only, not the ResNet "
+                             f"convolutions of {flag('lora_resnets')}: choose diffusers or kohya")
         check_settings(lambda arg: flag(REGULARIZER_FIELDS.get(arg, arg)), **self.regularizer_settings())
+
+    def lora_targets(self) -> tuple[str, ...]:
+        """The layers LoRA adapts: the attention projections, and the ResNet convolutions with ``lora_resnets``."""
+        return ATTENTION_PROJECTIONS + (RESNET_CONVOLUTIONS if self.lora_resnets else ())
 
     def lambda_at(self, step: int) -> float:
         """lambda at optimizer step ``step`` (1, 2, ...): lambda_reg min(1, step / lambda_warmup_steps), or lambda_reg."""

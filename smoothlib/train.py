@@ -192,7 +192,7 @@ def train(cfg: TrainConfig, world=None, dataset=None) -> TrainResult:
         if module is not None:
             module.requires_grad_(False)
     unet = world.unet
-    params = attach_lora(unet, rank=cfg.rank, alpha=cfg.lora_alpha)
+    params = attach_lora(unet, rank=cfg.rank, alpha=cfg.lora_alpha, target_modules=cfg.lora_targets())
     for p in params:
         p.data = p.data.float()
     if cfg.gradient_checkpointing:

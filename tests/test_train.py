@@ -314,3 +314,34 @@ def test_two_processes_with_accelerate_launch(tmp_path):
     a = state["regularizer.running_mean.a"]
     assert a.shape == (2, 1) and a[0] > 0 and a[0] == a[1]  # [processes, running means]
     assert (out / "final" / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_lora_on_the_resnet_convolutions_loads_as_a_hand_merged_unet(tmp_path):
+    """--lora-resnets adds conv1/conv2 of every ResNet block; each file equals the base with W + (alpha / r) B A merged by hand."""
+    from smoothlib.lora import load_smooth_lora
+
+    world = vae_world()
+    result = train(config(tmp_path, max_train_steps=2, rank=4, lora_alpha=2.0, lora_resnets=True,
+                          lora_formats=["diffusers", "kohya"]), world=world)
+    adapted = {n: m for n, m in world.unet.named_modules() if "smooth" in getattr(m, "lora_A", {})}
+    convs = [n for n in adapted if n.endswith((".conv1", ".conv2"))]
+    assert convs and all(".resnets." in n for n in convs) and len(adapted) > len(convs)
+    assert all(adapted[n].lora_B["smooth"].weight.abs().max() > 0 for n in convs), "the convolutions' LoRA did not train"
+    merged = testing.tiny_unet(sample_size=8)
+    with torch.no_grad():
+        for name, layer in adapted.items():
+            A, B = layer.lora_A["smooth"].weight, layer.lora_B["smooth"].weight
+            weight = merged.get_submodule(name).weight
+            weight += 2.0 / 4 * (B.flatten(1) @ A.flatten(1)).reshape(weight.shape)
+    expected = unet_out(merged)
+    for fmt, path in result.lora_files.items():
+        fresh = testing.tiny_unet(sample_size=8)
+        load_smooth_lora(fresh, path)
+        torch.testing.assert_close(unet_out(fresh), expected, rtol=0, atol=1e-5)
+        pipe = tiny_pipeline()
+        pipe.load_lora_weights(str(path.parent), weight_name=path.name)
+        torch.testing.assert_close(unet_out(pipe.unet), expected, rtol=0, atol=1e-5)
+    assert unet_out(testing.tiny_unet(sample_size=8)).sub(expected).abs().max() > 1e-4, "the merge changed nothing"
+    with pytest.raises(ConfigError, match="release holds attention projections only"):
+        TrainConfig(lora_resnets=True, lora_formats=["diffusers", "release"])
+

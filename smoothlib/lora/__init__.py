@@ -4,6 +4,9 @@ A LoRA (Hu et al. 2022) adds a low-rank update to a frozen linear layer W [out, 
 
     W' = W + (alpha / r) * B @ A,    A = "down" [r, in],  B = "up" [out, r].
 
+(On a convolution, as the trainer's ``lora_resnets`` adds: A a conv [r, in, kh, kw], B a 1 x 1 conv [out, r, 1, 1],
+and the merged kernel is W + (alpha / r) (B A) reshaped.)
+
 The released Smooth LoRA (shi-labs/smooth-diffusion-lora): r = 8 on ``to_q, to_k, to_v, to_out.0``
 of all 32 attention layers of Stable Diffusion 1.5, alpha = r (scale 1), 256
 tensors. It is stored in diffusers 0.20's attention-processor format
@@ -22,7 +25,7 @@ The package's parts: :mod:`.adapter` (the adapter on a live UNet: attach, streng
 on/off, remove), :mod:`.formats` (the three file formats, both directions) and
 :mod:`.io` (finding, reading, checking, injecting and writing files).
 """
-from .adapter import (ADAPTER, ATTENTION_PROJECTIONS, attach_lora, attention_projections, lora_disabled,
+from .adapter import (ADAPTER, ATTENTION_PROJECTIONS, RESNET_CONVOLUTIONS, attach_lora, attention_projections, lora_disabled,
                       lora_enabled, lora_parameters, remove_lora, set_lora_strength)
 from .formats import LoraLoadError
 from .io import (DIFFUSERS_LORA_FILE, KOHYA_LORA_FILE, LORA_FORMATS, SMOOTH_LORA_FILE, SMOOTH_LORA_REPO, LoraReport,

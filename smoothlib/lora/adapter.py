@@ -15,6 +15,9 @@ ADAPTER = "smooth"
 """The default adapter name, the one the Smooth LoRA is loaded and trained under."""
 ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
 """The layers of every attention block the Smooth LoRA adapts."""
+RESNET_CONVOLUTIONS = ("conv1", "conv2")
+"""The two 3x3 convolutions of every ResNet block: what LoRA on the convolutions (LoCon) adds to the
+attention projections (not the release). Their LoRA is a conv pair: A [r, in, 3, 3], B [out, r, 1, 1]."""
 
 
 def attention_projections(unet) -> list[str]:

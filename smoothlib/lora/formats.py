@@ -34,8 +34,8 @@ class LoraLoadError(ValueError):
 
 @dataclass
 class _Pair:
-    down: torch.Tensor | None = None  # A, [r, in]
-    up: torch.Tensor | None = None    # B, [out, r]
+    down: torch.Tensor | None = None  # A, [r, in] ([r, in, kh, kw] on a Conv2d)
+    up: torch.Tensor | None = None    # B, [out, r] ([out, r, 1, 1] on a Conv2d)
     alpha: float | None = None
 
 

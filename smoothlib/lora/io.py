@@ -170,8 +170,8 @@ def _check(unet, pairs: dict[str, _Pair], unexpected: list[str], strict: bool, w
     unexpected = [f"{k} (not a LoRA key of this UNet)" for k in unexpected]
     for name, pair in pairs.items():
         layer = _base(modules.get(name))
-        if not isinstance(layer, torch.nn.Linear):
-            kind = "no such layer" if layer is None else f"a {type(layer).__name__}, not a Linear layer"
+        if not isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)):
+            kind = "no such layer" if layer is None else f"a {type(layer).__name__}, not a Linear or Conv2d layer"
             unexpected.append(f"{name} ({kind})")
             continue
         for half in ("down", "up"):
@@ -180,9 +180,10 @@ def _check(unet, pairs: dict[str, _Pair], unexpected: list[str], strict: bool, w
         if pair.down is None or pair.up is None:
             continue
         r = pair.down.shape[0]
-        if pair.down.shape != (r, layer.in_features) or pair.up.shape != (layer.out_features, r):
+        down, up = _lora_shapes(layer, r)
+        if pair.down.shape != down or pair.up.shape != up:
             wrong_shape.append(f"{name}: down {tuple(pair.down.shape)}, up {tuple(pair.up.shape)}, "
-                               f"but the layer maps {layer.in_features} -> {layer.out_features}")
+                               f"but the layer maps {down[1]} -> {up[0]}")
     if strict:
         missing += [f"{n} (no LoRA for this attention projection)"
                     for n in attention_projections(unet) if n not in pairs]
@@ -197,6 +198,14 @@ def _check(unet, pairs: dict[str, _Pair], unexpected: list[str], strict: bool, w
                  "Diffusion 1.x UNets. To load a LoRA that covers only some attention layers on "
                  "purpose, pass strict=False (unexpected keys and wrong shapes stay errors).")
     raise LoraLoadError("\n".join(lines))
+
+
+def _lora_shapes(layer, r: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(A's shape, B's shape) of a rank-r LoRA on ``layer``: [r, in] and [out, r] for a Linear layer,
+    [r, in, kh, kw] and [out, r, 1, 1] for a Conv2d (peft's conv LoRA)."""
+    if isinstance(layer, torch.nn.Linear):
+        return (r, layer.in_features), (layer.out_features, r)
+    return (r, layer.in_channels, *layer.kernel_size), (layer.out_channels, r, 1, 1)
 
 
 def _inject(unet, pairs: dict[str, _Pair], adapter_name: str) -> None:

@@ -28,10 +28,11 @@ SCORES = "scores_100walks_25steps.json"
 """The miniature Table 1's scores file in each folder (100 walks, 25 DDIM steps)."""
 
 RECIPE_DEFAULTS = {"rank": 8, "learning_rate": 5e-4, "steps": 2000, "ema_decay": 0.0, "reg_sub_batch": None,
-                   "reg_t_min": 0, "log_ratio": False, "lambda_warmup_steps": 0}
+                   "reg_t_min": 0, "log_ratio": False, "lambda_warmup_steps": 0,
+                   "lora_resnets": False}
 """Recipe settings beyond the regularizer's form, with the value of the runs that did not record them."""
 
-TRAINING_LEVERS = ("rank", "learning_rate", "steps", "ema_decay")
+TRAINING_LEVERS = ("rank", "learning_rate", "steps", "ema_decay", "lora_resnets")
 """The levers of :data:`RECIPE_DEFAULTS` that change a lambda = 0 run too: a recipe's control shares them."""
 
 
@@ -47,6 +48,7 @@ def recipe_label(key: tuple) -> str:
     lam, est, every, buckets, relative, levers = key
     levers = dict(levers)
     extra = "".join([f", rank {levers['rank']}" if levers["rank"] != 8 else "",
+                     ", LoRA on the ResNets too" if levers["lora_resnets"] else "",
                      f", lr {levers['learning_rate']:g}" if levers["learning_rate"] != 5e-4 else "",
                      f", {levers['steps']} steps" if levers["steps"] != 2000 else "",
                      f", EMA {levers['ema_decay']:g}" if levers["ema_decay"] else "",
