@@ -37,15 +37,20 @@ def main(argv=None) -> int:
     control = controls[CONTROL_KEY]
     print("| recipe | seeds | ISTD (s.e.) | vs control | ISTD / mean step | adherence | Frechet (seed spread) |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
+    corner = []
     for pt in points:
         vc = ""
         ref = control if pt.key is None else controls.get(control_of(pt.key))  # the base: the plain control
         if ref is not None and ref is not pt:
             c, se = paired_change(pt.per_walk, ref.per_walk)
             vc = f"{100 * c:+.1f} % ({100 * se:.1f})"
+            if pt.key is not None and c <= -0.4 and pt.frechet <= 1.1 * ref.frechet and pt.adherence >= 0.99:
+                corner.append(f"{pt.label} ({len(pt.names)} seed{'s' * (len(pt.names) > 1)})")
         ratio = f"{pt.istd / pt.mean_step:.2f}" if pt.mean_step else "-"
         print(f"| {pt.label} | {len(pt.names)} | {pt.istd:.4f} ({pt.istd_stderr:.4f}) | {vc} | {ratio} | "
               f"{pt.adherence:.3f} | {pt.frechet:.1f} ({pt.frechet_spread:.1f}) |")
+    print("\nin the goal corner (ISTD at least 40 % below its controls', Frechet within 10 % of theirs, "
+          "adherence >= 0.99; seed means): " + ("; ".join(corner) or "none"))
     form = {"lambda_reg": 1.0, "t_buckets": 10, "relative": True}   # the default toy Smooth LoRA's penalty
     exact = next((pt for pt in points if pt.key == recipe_key(form)), None)
     if exact is not None:  # what the first-order estimator's settings keep of the exact one's reduction

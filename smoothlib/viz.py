@@ -110,18 +110,27 @@ def plot_distances(distances: dict[str, torch.Tensor], ax=None, title: str = "ad
 def plot_front(points, ax=None, short=None, title: str = "ISTD against Frechet distance"):
     """Each point's ISTD (s.e. over walks) against its Frechet distance (the seeds' spread), labelled.
 
+    Points whose short label is "control" (the lambda = 0 runs, however trained) are grey crosses,
+    labelled once ("controls").
+
     ``points``: objects with ``label``, ``istd``, ``istd_stderr``, ``frechet``, ``frechet_spread``
     (:func:`smoothlib.toy.front.front_points`); ``short(label)`` shortens a label for the plot.
     Lower left is better: smoother walks at a Frechet distance nearer the data's. Returns the axes.
     """
     import matplotlib.pyplot as plt
 
-    ax = ax or plt.subplots(figsize=(7, 4.5))[1]
+    ax = ax or plt.subplots(figsize=(8, 5))[1]
+    labelled = set()
     for i, p in enumerate(points):
-        ax.errorbar(p.frechet, p.istd, xerr=p.frechet_spread or None, yerr=p.istd_stderr, fmt="o", capsize=3,
-                    color=f"C{i % 10}")
-        ax.annotate(short(p.label) if short else p.label, (p.frechet, p.istd), textcoords="offset points",
-                    xytext=(5, 4) if i % 2 == 0 else (5, -10), fontsize=7, color=f"C{i % 10}")
+        label = short(p.label) if short else p.label
+        control = label == "control"  # every control (however trained) in grey, labelled once
+        color = "0.45" if control else f"C{i % 10}"
+        ax.errorbar(p.frechet, p.istd, xerr=p.frechet_spread or None, yerr=p.istd_stderr, fmt="x" if control else "o",
+                    capsize=3, color=color)
+        if label not in labelled:
+            labelled.add(label)
+            ax.annotate(label + ("s" if control else ""), (p.frechet, p.istd), textcoords="offset points",
+                        xytext=(5, 4) if i % 2 == 0 else (5, -10), fontsize=7, color=color)
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}" if str(int(v))[0] in "2345" else ""))
