@@ -14,7 +14,7 @@ ISTD from walks that merely shrank is not smoothness; "-" for scores cached befo
 were recorded). Rows with the same lambda, estimator, lazy interval, t ranges and penalty form are grouped over seeds;
 changes are paired walk by walk, against the base and against the recipe's lambda = 0
 control (the mean of its seeds' per-walk scores; a control trained the same way, with the same rank,
-learning rate, steps and EMA: :func:`smoothlib.toy.front.control_of`).
+LoRA layers, learning rate, steps and EMA: :func:`smoothlib.toy.front.control_of`).
 
 Each model is measured by ``smoothlib-eval``'s protocol (:mod:`smoothlib.evaluate.protocols`); this
 script adds what is particular to the run folders: their ``run.json`` labels, seeds grouped into one

@@ -69,7 +69,8 @@ def short_label(label: str) -> str:
         return "control" if "control" in label else label
     for long, short in (("+ Smooth LoRA, lambda = ", "lam "), ("first-order", "fo"), ("exact", "ex"),
                         ("a per t range (10)", "tb10"), (", relative", " rel"), (", log ratio", " log"),
-                        ("lambda warm-up ", "warm-up "), ("lazy k = ", "lazy")):
+                        ("lambda warm-up ", "warm-up "), (", LoRA on the ResNets too", ", +resnets"), ("sub-batch ", "sub"),
+                        (" steps", " st"), ("lazy k = ", "lazy")):
         label = label.replace(long, short)
     return label
 
