@@ -17,8 +17,8 @@ running mean, so that every range of t weighs the same:
     L_reg = mean(((r_i - a_b(t_i)) / a_b(t_i))^2).
 
 ``log_ratio=True`` (also K > 1) penalises the log ratio instead, which is the
-relative deviation to first order but grows only logarithmically for an r far
-above its a and without bound for an r that collapses towards 0:
+relative deviation to first order but grows only like (log r)^2 for an r far
+above its a, and without bound for an r that collapses towards 0:
 
     L_reg = mean((log r_i - log a_b(t_i))^2).
 
