@@ -60,12 +60,17 @@ def main(argv=None) -> int:
                     and control_of(pt.key) == CONTROL_KEY:
                 share, low, high = reduction_share(pt.per_walk, exact.per_walk, control.per_walk)
                 print(f"  {pt.label}: {100 * share:.0f} % ({100 * low:.0f} to {100 * high:.0f} %)")
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, (ax, zoom) = plt.subplots(1, 2, figsize=(14, 5.5), gridspec_kw={"width_ratios": (1, 1)})
     plot_front(points, ax, short=short_label, title="Toy world: ISTD against Frechet distance (100 walks, 25 DDIM steps)")
-    ax.axvline(1.1 * control.frechet, color="grey", ls=":", lw=1)
-    ax.axhline(0.6 * control.istd, color="grey", ls=":", lw=1)
-    ax.text(1.1 * control.frechet, ax.get_ylim()[1], " Frechet +10 %", fontsize=7, va="top")
-    ax.text(ax.get_xlim()[0], 0.6 * control.istd, " ISTD -40 % vs control", fontsize=7, va="bottom")
+    # the right panel: the same points near the goal's corner, where the left one is crowded
+    plot_front(points, zoom, short=short_label, title="near the goal's corner")
+    zoom.set_xlim(0.9 * control.frechet, 1.5 * control.frechet)
+    zoom.set_ylim(0.45 * control.istd, 1.1 * control.istd)
+    for axes in (ax, zoom):
+        axes.axvline(1.1 * control.frechet, color="grey", ls=":", lw=1)
+        axes.axhline(0.6 * control.istd, color="grey", ls=":", lw=1)
+        axes.text(1.1 * control.frechet, axes.get_ylim()[1], " Frechet +10 %", fontsize=7, va="top")
+        axes.text(axes.get_xlim()[0], 0.6 * control.istd, " ISTD -40 % vs control", fontsize=7, va="bottom")
     fig.tight_layout()
     fig.savefig(a.out, dpi=120)
     print(f"wrote {a.out}")
