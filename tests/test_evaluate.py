@@ -87,7 +87,10 @@ def test_walks_split_across_processes_merge_into_the_single_process_scores():
     assert [len(p) for p in parts] == [2, 1]
     merged = distributed.merge_records(parts[1] + parts[0], 3)
     assert [r["index"] for r in merged] == [0, 1, 2]
-    assert [r["istd"] for r in merged] == pytest.approx([r["istd"] for r in whole], rel=1e-5)
+    # each process samples its walks in a batch of another size, and float32 kernels round differently per
+    # batch size: ISTD (a spread of distances between nearby frames) carries that to about 1e-5 (measured
+    # 5e-6 and 1.1e-5); the walks' own ISTDs differ by far more, so a wrong order still fails
+    assert [r["istd"] for r in merged] == pytest.approx([r["istd"] for r in whole], rel=1e-4)
     assert [r["adherence"] for r in merged] == [r["adherence"] for r in whole]
 
 
