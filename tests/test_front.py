@@ -49,3 +49,30 @@ def test_reduction_share_is_the_ratio_of_paired_drops_with_a_bootstrap_interval(
     share, low, high = reduction_share(noisy, reference, control)
     hand = sum(c - m for c, m in zip(control, noisy)) / sum(c - r for c, r in zip(control, reference))
     assert math.isclose(share, hand, rel_tol=1e-12) and low < share < high and high - low < 0.2
+
+
+def test_the_goal_is_judged_against_each_recipes_own_controls_on_every_seed():
+    from smoothlib.toy.front import FrontPoint, meets_goal, standings
+
+    long = {"steps": 8000}
+    control_key, smooth_key = recipe_key({"lambda_reg": 0.0, **long}), recipe_key({"lambda_reg": 0.3, "t_buckets": 10, **long})
+    walks = [0.30 + 0.001 * i for i in range(100)]
+
+    def point(key, scale, frechet, adherence):
+        w = [scale * x for x in walks]
+        return FrontPoint("p", [f"s{i}" for i in range(len(adherence))], sum(w) / 100, 0.01, frechet, 0.0,
+                          sum(adherence) / len(adherence), 0.5, w, key, adherence)
+
+    plain = point(CONTROL_KEY, 2.0, 20.0, [1.0, 1.0])            # another recipe's control: not this one's
+    control = point(control_key, 1.0, 40.0, [1.0, 1.0])
+    good = point(smooth_key, 0.55, 43.9, [1.0, 0.995])
+    (st,) = standings([plain, control, good])
+    assert st.control is control and math.isclose(st.istd_change, -0.45) and math.isclose(st.frechet_ratio, 43.9 / 40)
+    assert meets_goal(st)
+    for bad in (point(smooth_key, 0.61, 43.9, [1.0, 1.0]),         # ISTD only 39 % lower
+                point(smooth_key, 0.55, 44.1, [1.0, 1.0]),         # Frechet 10.25 % higher
+                point(smooth_key, 0.55, 43.9, [1.0, 0.985]),       # one seed's adherence below 0.99 (mean 0.9925)
+                point(smooth_key, 0.55, 43.9, [1.0])):             # one seed
+        (st,) = standings([control, bad])
+        assert not meets_goal(st)
+    assert standings([plain, good]) == []                          # no controls trained the same way: not judged

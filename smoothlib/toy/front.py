@@ -12,7 +12,9 @@ everything but the seed, so the seeds of one recipe make one point:
    standard error over the 100 walks; the Frechet distance and adherence averaged
    over seeds, with the seeds' spread (half their range; 0 for one seed);
 3. the walks' mean adjacent distance ("mean step") beside it: ISTD / mean step does
-   not fall when walks merely shrink.
+   not fall when walks merely shrink;
+4. each Smooth LoRA recipe against its own controls (:func:`control_of`), paired walk by
+   walk, and whether it meets the goal (:func:`meets_goal`).
 """
 from __future__ import annotations
 
@@ -97,10 +99,13 @@ class FrontPoint:
     frechet_spread: float
     """Half the range of the seeds' Frechet distances (0 for one seed)."""
     adherence: float
+    """The mean over seeds."""
     mean_step: float | None
     per_walk: list[float]
     key: tuple | None = None
     """:func:`recipe_key` (None for the base)."""
+    seed_adherence: list[float] | None = None
+    """Each seed's adherence."""
 
 
 def mean_per_walk(scores: list[dict]) -> list[float]:
@@ -118,7 +123,8 @@ def _point(label: str, names: list[str], scores: list[dict], key: tuple | None) 
     steps = [s.get("mean_step") for s in scores]
     return FrontPoint(label, names, mean, se, sum(frechets) / len(frechets), (max(frechets) - min(frechets)) / 2,
                       sum(s["adherence"] for s in scores) / len(scores),
-                      None if None in steps else sum(steps) / len(steps), walks, key)
+                      None if None in steps else sum(steps) / len(steps), walks, key,
+                      [s["adherence"] for s in scores])
 
 
 def front_points(folder: Path | None = None) -> list[FrontPoint]:
@@ -155,3 +161,41 @@ def reduction_share(model: list[float], reference: list[float], control: list[fl
     shares = (c[i] - m[i]).mean(1) / (c[i] - r[i]).mean(1)
     low, high = torch.quantile(shares, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
     return share, low, high
+
+
+GOAL = {"istd_change": -0.40, "frechet_ratio": 1.10, "min_adherence": 0.99, "min_seeds": 2}
+"""Smooth without the quality cost: ISTD at least 40 % below the controls' (the seeds' mean, paired walk
+by walk), a Frechet distance within 10 % of theirs, adherence >= 0.99 for every seed, at least two seeds."""
+
+
+@dataclass
+class Standing:
+    """A Smooth LoRA recipe against its controls (lambda = 0, trained the same way)."""
+    point: FrontPoint
+    control: FrontPoint
+    istd_change: float
+    """mean(ISTD - control's) / mean(control's ISTD), walk by walk (:func:`~smoothlib.toy.evaluation.paired_change`)."""
+    istd_change_stderr: float
+    frechet_ratio: float
+    """The Frechet distance over the controls'."""
+
+
+def standings(points: list[FrontPoint]) -> list[Standing]:
+    """Every Smooth LoRA recipe (lambda > 0) among ``points`` whose controls are among them too."""
+    from .evaluation import paired_change
+
+    controls = {p.key: p for p in points if p.key is not None and p.key[0] == 0}
+    out = []
+    for p in points:
+        control = controls.get(control_of(p.key)) if p.key is not None and p.key[0] > 0 else None
+        if control is not None:
+            change, se = paired_change(p.per_walk, control.per_walk)
+            out.append(Standing(p, control, change, se, p.frechet / control.frechet))
+    return out
+
+
+def meets_goal(s: Standing) -> bool:
+    """Whether a recipe meets :data:`GOAL` against its controls."""
+    return (len(s.point.names) >= GOAL["min_seeds"] and s.istd_change <= GOAL["istd_change"]
+            and s.frechet_ratio <= GOAL["frechet_ratio"]
+            and min(s.point.seed_adherence or [s.point.adherence]) >= GOAL["min_adherence"])
