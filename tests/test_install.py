@@ -26,4 +26,4 @@ def test_non_editable_install_loads_the_toy_world_elsewhere(tmp_path):
     env = {"PYTHONPATH": str(target), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "smooth-tb10-rel-s0" in out.stdout and "https://github.com/smoothlib/smoothlib" in out.stdout
+    assert "smooth-fd-tb10-rel-lam0.3-8000steps-s0" in out.stdout and "https://github.com/smoothlib/smoothlib" in out.stdout
